@@ -40,7 +40,7 @@ class Registry:
             return _import_plugin(self.kind, name)
         raise PolmError(
             f"unknown {self.kind} '{name}'",
-            fix=did_you_mean(name, self._items) + f" A plug-in can be given as 'package.module:function'.",
+            fix=did_you_mean(name, self._items) + " A plug-in can be given as 'package.module:function'.",
         )
 
 

@@ -1,0 +1,40 @@
+"""Interactive chat with a model or adapter: `polm chat --model runs/sft/final`.
+
+Keeps the conversation history and formats it with the tokenizer's chat template. Commands:
+`/reset` clears the history, `/exit` (or Ctrl-D) quits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from polm.generate import add_model_arguments, generate, load_for_inference, settings_from_args
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--system", help="a system prompt")
+
+
+def run(args: argparse.Namespace) -> int:
+    model, tokenizer = load_for_inference(args.model, args.device, args.dtype, args.trust_remote_code)
+    settings = settings_from_args(args, batch_size=1)
+    history: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("you> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() == "/exit":
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/reset":
+            history = history[:1] if args.system else []
+            continue
+        history.append({"role": "user", "content": text})
+        reply = generate(model, tokenizer, [history], settings)[0][0].strip()
+        history.append({"role": "assistant", "content": reply})
+        print(f"model> {reply}" if interactive else reply, flush=True)
