@@ -1,0 +1,1 @@
+"""One file per post-training method, each readable top to bottom."""
