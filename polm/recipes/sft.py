@@ -62,6 +62,8 @@ class SFTConfig:
     def validate(self) -> None:
         if not 0 <= self.data.eval_fraction < 1:
             raise PolmError(f"data.eval_fraction must be in [0, 1), got {self.data.eval_fraction}")
+        if self.method == "dora":
+            self.lora.dora = True
         if self.method == "qlora" and self.model.quantize == "none":
             self.model.quantize = "nf4"
         if self.method != "qlora" and self.model.quantize != "none":
@@ -93,8 +95,6 @@ def run_sft(cfg: SFTConfig) -> dict:
     if cfg.method != "full":
         model = attach_adapter(model, cfg.lora, quantized=cfg.method == "qlora",
                                gradient_checkpointing=cfg.model.gradient_checkpointing)
-    if cfg.method == "dora" or cfg.lora.dora:
-        cfg.lora.dora = True
 
     # 3. the loss: summed token cross-entropy; the loop divides by the true target-token count
     chunk = cfg.loss_chunk_size or None
