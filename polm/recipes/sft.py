@@ -113,7 +113,7 @@ def run_sft(cfg: SFTConfig) -> dict:
         result = train(model=model, step_fn=step, batches=batches, cfg=cfg.train, run_dir=run_dir, eval_fn=eval_fn)
         final_dir = save_final(model, tokenizer, cfg, run_dir)
         plot_metrics(run_dir)
-    return {"steps": result.steps, "final_loss": result.final_loss, "final_dir": str(final_dir),
+    return {"steps": result.steps, "final_loss": result.final_loss, "final_dir": str(final_dir), "model": model,
             "run_dir": str(run_dir), "data": data_info}
 
 
