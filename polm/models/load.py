@@ -115,17 +115,21 @@ def _nf4_kwargs(device: torch.device, dtype: torch.dtype) -> dict:
 
 
 def _hub_guard(ref: str, load):
-    """Run a from_pretrained call, turning 'not found / offline' into one sentence."""
+    """Run a from_pretrained call, turning 'no such model' into one sentence."""
     try:
         return load()
-    except OSError as err:
+    except (OSError, ValueError) as err:
         if Path(ref).exists():
             raise PolmError(f"'{ref}' exists but is not a loadable model directory ({_first_line(err)})",
                             fix="Point to a directory with config.json and safetensors weights.") from None
+        fix = "Use an embedded name (see `polm assets list`), a local model directory, or a reachable hub id."
+        if ref.startswith(("/", ".", "~")) or ref.count("/") > 1:
+            raise PolmError(f"model '{ref}' is not a local directory (no such path) and not an embedded model",
+                            fix=fix) from None
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        why = "the hub is offline (HF_HUB_OFFLINE=1)" if offline else "it is not on the hub or the hub cannot be reached"
+        why = "the hub is offline (HF_HUB_OFFLINE=1)" if offline else "it cannot be found on the hub"
         raise PolmError(f"model '{ref}' is not an embedded model, not a local directory, and {why}",
-                        fix="Use an embedded name (see `polm assets list`) or a local model directory.") from None
+                        fix=fix) from None
 
 
 def _first_line(err: Exception) -> str:
