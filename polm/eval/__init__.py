@@ -1,0 +1,1 @@
+"""Evaluation: a model adapter (loglikelihood / generate), a task registry, statistics and reports."""

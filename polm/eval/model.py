@@ -1,0 +1,196 @@
+"""The model side of evaluation: `loglikelihood` and `generate` over any model polm loads.
+
+Tasks only ever call these two methods (the lm-evaluation-harness split), so a task written once runs
+on a base model, a PEFT adapter, a merged or a quantized model alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from polm.errors import PolmError
+
+Prompt = str | list[dict]
+ChatMode = Literal["auto", "true", "false"]
+
+
+@dataclass
+class _Row:
+    """One scoring request as token ids: the model reads `context + continuation` and we sum the
+    logprobs of the continuation tokens."""
+
+    context: list[int]
+    continuation: list[int]
+
+
+class ModelAdapter:
+    """A causal LM + tokenizer seen through the two calls evaluation needs.
+
+    `chat`: "auto" applies the tokenizer's chat template when it has one, "true" requires one, "false"
+    feeds prompts as raw text. `max_length`: the most positions one forward pass may see (default: the
+    model's `max_position_embeddings`, else 2048).
+    """
+
+    def __init__(self, model, tokenizer, *, batch_size: int = 8, chat: ChatMode = "auto",
+                 max_length: int | None = None, name: str = "model"):
+        if chat == "true" and not getattr(tokenizer, "chat_template", None):
+            raise PolmError(f"chat=true but the tokenizer of '{name}' has no chat template",
+                            fix="Use chat=auto (plain text when there is no template) or chat=false.")
+        self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.batch_size = max(1, batch_size)
+        self.chat = chat != "false" and bool(getattr(tokenizer, "chat_template", None))
+        config_len = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        self.max_length = max_length or config_len or 2048
+
+    @classmethod
+    def load(cls, ref: str, *, device: str = "auto", dtype: str = "auto", batch_size: int = 8,
+             chat: ChatMode = "auto") -> ModelAdapter:
+        """Load an embedded name, a local (adapter) directory or a hub id; failures are one PolmError."""
+        from polm.generate import load_for_inference
+
+        try:
+            model, tokenizer = load_for_inference(ref, device=device, dtype=dtype)
+        except PolmError:
+            raise
+        except (OSError, ValueError, KeyError) as err:  # e.g. a config.json that is not a model config
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise PolmError(f"model '{ref}' could not be loaded ({first})",
+                            fix="Point --model at a directory with config.json + safetensors weights, "
+                                "an adapter directory, or an embedded name (`polm assets list`).") from None
+        model.eval()
+        return cls(model, tokenizer, batch_size=batch_size, chat=chat, name=ref)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # --- prompts --------------------------------------------------------------------------------
+
+    def format_prompt(self, prompt: Prompt) -> str:
+        """A user string or a message list → the exact text the model continues (chat template or plain)."""
+        from polm.generate import format_prompt
+
+        return format_prompt(self.tokenizer, prompt, self.chat)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _prefix_token(self) -> int:
+        """The token an empty context stands for (BOS if the model has one, else EOS), as lm-eval does."""
+        tok = self.tokenizer
+        return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+
+    def _encode_pair(self, context: str, continuation: str) -> _Row:
+        """Tokenize `context + continuation` jointly and split it where `context` ends, so the token
+        boundary is the one the model would really see (lm-eval's rule); trailing spaces of the context
+        move to the continuation for the same reason."""
+        stripped = context.rstrip(" ")
+        continuation = context[len(stripped):] + continuation
+        if not stripped:
+            return _Row([self._prefix_token()], self._encode(continuation))
+        whole, ctx = self._encode(stripped + continuation), self._encode(stripped)
+        return _Row(ctx, whole[len(ctx):])
+
+    # --- loglikelihood --------------------------------------------------------------------------
+
+    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
+        """For each (context, continuation): (Σ_t log p(cont_t | context, cont_<t), is_greedy), where
+        is_greedy says every continuation token is the argmax of its distribution."""
+        rows = [self._encode_pair(c, x) for c, x in requests]
+        for (context, _), row in zip(requests, rows):
+            if not row.continuation:
+                raise PolmError(f"empty continuation after context {context[-40:]!r}",
+                                fix="Every loglikelihood request needs a non-empty continuation.")
+        return self._score_rows(rows)
+
+    def loglikelihood_rolling(self, texts: Sequence[str]) -> list[tuple[float, int]]:
+        """For each text: (Σ log p(token_t | tokens_<t) over all its tokens, number of tokens).
+
+        The first token is conditioned on BOS/EOS; texts longer than `max_length` are scored in
+        consecutive windows, each seeing up to `max_length` previous tokens as context."""
+        rows, owner = [], []
+        for i, text in enumerate(texts):
+            tokens = [self._prefix_token(), *self._encode(text)]
+            for start in range(1, len(tokens), self.max_length):
+                cont = tokens[start:start + self.max_length]
+                rows.append(_Row(tokens[max(0, start - self.max_length + len(cont) - 1):start], cont))
+                owner.append(i)
+        totals = [[0.0, 0] for _ in texts]
+        for i, row, (logprob, _) in zip(owner, rows, self._score_rows(rows)):
+            totals[i][0] += logprob
+            totals[i][1] += len(row.continuation)
+        return [(lp, n) for lp, n in totals]
+
+    @torch.no_grad()
+    def _score_rows(self, rows: list[_Row]) -> list[tuple[float, bool]]:
+        # Longest first: batches hold similar lengths, and an out-of-memory shows on the first batch.
+        order = sorted(range(len(rows)), key=lambda i: -(len(rows[i].context) + len(rows[i].continuation)))
+        out: list[tuple[float, bool]] = [(0.0, False)] * len(rows)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            for i, result in zip(chunk, self._score_batch([rows[i] for i in chunk])):
+                out[i] = result
+        return out
+
+    def _score_batch(self, rows: list[_Row]) -> list[tuple[float, bool]]:
+        """Left-pad so every continuation ends at the last position; then only the last K positions'
+        logits are needed (K = longest continuation), which keeps [B,K,V] small for big vocabularies."""
+        from polm.ops.logprobs import causal_targets, token_logprobs
+
+        batch = self._left_padded(rows)
+        keep = max(len(r.continuation) for r in rows)
+        logits = self._forward(batch, keep)                                    # [B,K,V]
+        targets = causal_targets(batch["labels"])[:, :-1][:, -keep:]           # [B,K]
+        logprobs = token_logprobs(logits, targets)                             # [B,K], 0 where ignored
+        mask = targets != -100
+        greedy = ((logits.argmax(-1) == targets) | ~mask).all(-1)
+        return [(float(lp), bool(g)) for lp, g in zip(logprobs.sum(-1).tolist(), greedy.tolist())]
+
+    def _left_padded(self, rows: list[_Row]) -> dict[str, torch.Tensor]:
+        """Rows → input_ids/attention_mask/position_ids [B,T] (the last token dropped: it predicts
+        nothing) and labels [B,T+1] over the full sequence (-100 on context and padding)."""
+        seqs, labels = [], []
+        for r in rows:
+            full = (r.context + r.continuation)[-(self.max_length + 1):]
+            n_cont = min(len(r.continuation), len(full) - 1)
+            seqs.append(full)
+            labels.append([-100] * (len(full) - n_cont) + full[len(full) - n_cont:])
+        width = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs])
+        lab = torch.tensor([[-100] * (width - len(s)) + lb for s, lb in zip(seqs, labels)])
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
+        # Positions count real tokens only, so a left-padded row sees the same positions as unpadded.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return {"input_ids": ids[:, :-1], "attention_mask": mask[:, :-1], "position_ids": positions[:, :-1],
+                "labels": lab}
+
+    def _forward(self, batch: dict[str, torch.Tensor], keep: int) -> torch.Tensor:
+        inputs = {k: v.to(self.device) for k, v in batch.items() if k != "labels"}
+        try:
+            logits = self.model(**inputs, logits_to_keep=keep).logits
+        except TypeError:  # a model without `logits_to_keep`: compute all positions and slice
+            logits = self.model(**inputs).logits
+        return logits[:, -keep:].float().cpu()
+
+    # --- generation ---------------------------------------------------------------------------
+
+    def generate(self, prompts: Sequence[Prompt], *, max_new_tokens: int = 256, temperature: float = 0.0,
+                 top_p: float = 1.0, stop: Sequence[str] = (), n: int = 1, seed: int = 0,
+                 formatted: bool = False) -> list[list[str]]:
+        """`n` completions per prompt (greedy when temperature is 0), each cut at the first stop string.
+
+        Batched with left padding and the KV cache (polm.generate). `formatted=True` means the prompts
+        are already final text (e.g. from `format_prompt`) and are not templated again."""
+        from polm.generate import GenerationSettings
+        from polm.generate import generate as run_generate
+
+        texts = list(prompts) if formatted else [self.format_prompt(p) for p in prompts]
+        settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                      num_samples=n, batch_size=self.batch_size, chat=False,
+                                      stop=tuple(stop), seed=seed)
+        return run_generate(self.model, self.tokenizer, texts, settings)
