@@ -1,0 +1,166 @@
+"""Records -> token ids + label masks: chat templating with loss only on what the model must say.
+
+Labels follow the Hugging Face convention: `labels[t] = input_ids[t]` on target tokens and -100
+elsewhere, NOT shifted (the loss shifts once, in polm.ops). Assistant spans of a chat are found by
+rendering conversation prefixes and mapping characters to tokens with the fast tokenizer's offsets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from polm.data.records import detect_format
+from polm.errors import PolmError
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class EncodeStats:
+    kept: int = 0
+    dropped_too_long: int = 0      # truncation="drop" and longer than max_length
+    dropped_no_target: int = 0     # no target token left (after truncation, counted after the shift)
+    truncated: int = 0             # cut to max_length (truncation="right")
+    target_tokens: int = 0         # Σ over kept examples of labels[1:] != -100 (what the loss sees)
+    total_tokens: int = 0          # Σ over kept examples of len(input_ids)
+
+
+def encode_example(record: dict, tokenizer: Any, *, max_length: int, truncation: Literal["right", "drop"] = "right",
+                   chat: bool = True) -> dict | None:
+    """{"input_ids": list[int], "labels": list[int]} for one validated record, or None when dropped.
+
+    messages: chat template, targets = every assistant turn's content + end-of-turn token(s).
+    prompt_completion: as a user/assistant chat when `chat` and the tokenizer has a template, else
+    `prompt + completion + eos` with targets on completion + eos. text: every token + eos.
+    """
+    ids, labels = _encode_full(record, tokenizer, chat)
+    fitted, _ = _fit(ids, labels, max_length, truncation)
+    return fitted
+
+
+def encode_records(records: list[dict], tokenizer: Any, *, max_length: int,
+                   truncation: Literal["right", "drop"] = "right", chat: bool = True) -> tuple[list[dict], EncodeStats]:
+    """`encode_example` over many records, with counts of what was kept, cut and dropped."""
+    stats = EncodeStats()
+    out = []
+    for record in records:
+        ids, labels = _encode_full(record, tokenizer, chat)
+        example, outcome = _fit(ids, labels, max_length, truncation)
+        if example is None:
+            stats.dropped_too_long += outcome == "too_long"
+            stats.dropped_no_target += outcome == "no_target"
+            continue
+        stats.kept += 1
+        stats.truncated += outcome == "truncated"
+        stats.total_tokens += len(example["input_ids"])
+        stats.target_tokens += sum(label != IGNORE_INDEX for label in example["labels"][1:])
+        out.append(example)
+    return out, stats
+
+
+def _fit(ids: list[int], labels: list[int], max_length: int, truncation: str) -> tuple[dict | None, str]:
+    """Apply the length limit; (example or None, 'kept' | 'truncated' | 'too_long' | 'no_target')."""
+    if truncation not in ("right", "drop"):
+        raise PolmError(f"truncation must be 'right' or 'drop', got {truncation!r}",
+                        fix="Set data.truncation=right (keep the first tokens) or drop (skip long examples).")
+    outcome = "kept"
+    if len(ids) > max_length:
+        if truncation == "drop":
+            return None, "too_long"
+        ids, labels, outcome = ids[:max_length], labels[:max_length], "truncated"
+    # position 0 is never predicted (nothing precedes it), so it does not count as a target
+    if all(label == IGNORE_INDEX for label in labels[1:]):
+        return None, "no_target"
+    return {"input_ids": ids, "labels": labels}, outcome
+
+
+def _encode_full(record: dict, tokenizer: Any, chat: bool) -> tuple[list[int], list[int]]:
+    fmt = detect_format(record)
+    if fmt == "messages":
+        if not getattr(tokenizer, "chat_template", None):
+            raise PolmError("chat (messages) records need a tokenizer with a chat template, and this one has none",
+                            fix="Use an instruct model's tokenizer, or convert the data to prompt/completion.")
+        return encode_chat(record["messages"], tokenizer)
+    if fmt == "prompt_completion":
+        if chat and getattr(tokenizer, "chat_template", None):
+            turns = [{"role": "user", "content": record["prompt"]},
+                     {"role": "assistant", "content": record["completion"]}]
+            return encode_chat(turns, tokenizer)
+        return _encode_plain(record["prompt"], record["completion"], tokenizer)
+    if fmt == "text":
+        return _encode_plain("", record["text"], tokenizer)
+    raise PolmError("record has no known format", fix="Validate records with polm.data.records.validate_record.")
+
+
+def _encode_plain(prompt: str, target: str, tokenizer: Any) -> tuple[list[int], list[int]]:
+    """[bos if the tokenizer adds one] + prompt + target + eos; labels on target + eos only.
+
+    Prompt and target are tokenized apart so the boundary is exact and the prompt's tokens are the
+    ones the model will see when asked to generate from it.
+    """
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise PolmError("the tokenizer has no end-of-sequence token, so the model cannot learn to stop",
+                        fix="Set tokenizer.eos_token (e.g. in tokenizer_config.json).")
+    prompt_ids = _ids(tokenizer, prompt)
+    target_ids = _ids(tokenizer, target)
+    if target_ids[-1:] != [eos]:
+        target_ids.append(eos)
+    if _adds_bos(tokenizer) and (prompt_ids or target_ids)[:1] != [tokenizer.bos_token_id]:
+        prompt_ids = [tokenizer.bos_token_id, *prompt_ids]
+    return prompt_ids + target_ids, [IGNORE_INDEX] * len(prompt_ids) + target_ids
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def _adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer puts a BOS token in front when asked for special tokens."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
+
+
+def encode_chat(messages: list[dict], tokenizer: Any) -> tuple[list[int], list[int]]:
+    """Token ids of the rendered chat and labels on assistant turns only.  -> (ids [T], labels [T]).
+
+    The text is tokenized with add_special_tokens=False: the template already writes the BOS it
+    wants, and a second one would shift every position the model was tuned on.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise PolmError("locating assistant turns needs a fast (Rust) tokenizer, and this one is slow",
+                        fix="Load the tokenizer with use_fast=True (a tokenizer.json file).")
+    full = _render(tokenizer, messages, generation_prompt=False)
+    spans = [_assistant_span(tokenizer, messages, i, full) for i, m in enumerate(messages) if m["role"] == "assistant"]
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    labels = [IGNORE_INDEX] * len(enc["input_ids"])
+    for t, (start, end) in enumerate(enc["offset_mapping"]):
+        if end > start and any(s <= start < e for s, e in spans):
+            labels[t] = enc["input_ids"][t]
+    return list(enc["input_ids"]), labels
+
+
+def _assistant_span(tokenizer: Any, messages: list[dict], i: int, full: str) -> tuple[int, int]:
+    """Character span [start, end) of assistant turn i in `full`: after its header, through its end token.
+
+    start = len(render(messages[:i], add_generation_prompt=True)), end = len(render(messages[:i+1]))
+    without trailing whitespace (the newline after an end-of-turn token is formatting, not speech).
+    """
+    before = _render(tokenizer, messages[:i], generation_prompt=True)
+    through = _render(tokenizer, messages[:i + 1], generation_prompt=False)
+    if not (through.startswith(before) and full.startswith(through)):
+        raise PolmError(
+            f"the tokenizer's chat template renders a conversation prefix differently from the whole "
+            f"conversation (at messages[{i}]), so the assistant's tokens cannot be located",
+            fix="Use a template whose rendering of the first turns is a prefix of the full rendering "
+                "(no content that depends on the last turn), or train on prompt/completion with chat=false.")
+    return len(before), len(through.rstrip())
+
+
+def _render(tokenizer: Any, messages: list[dict], *, generation_prompt: bool) -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    except Exception as err:  # jinja raises template-defined errors (e.g. "roles must alternate")
+        raise PolmError(f"the chat template cannot render this conversation ({err})",
+                        fix="Check the turn order the model's template expects (e.g. user/assistant alternating).") from None
