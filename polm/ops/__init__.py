@@ -1,0 +1,23 @@
+"""Tested tensor glue shared by every recipe: token logprobs, masked reductions, chunked CE."""
+
+from polm.ops.logprobs import (
+    IGNORE_INDEX,
+    causal_lm_loss,
+    causal_targets,
+    chunked_cross_entropy,
+    masked_mean,
+    masked_sum,
+    sequence_logprobs,
+    token_logprobs,
+)
+
+__all__ = [
+    "IGNORE_INDEX",
+    "causal_lm_loss",
+    "causal_targets",
+    "chunked_cross_entropy",
+    "masked_mean",
+    "masked_sum",
+    "sequence_logprobs",
+    "token_logprobs",
+]
