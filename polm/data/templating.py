@@ -136,7 +136,9 @@ def encode_chat(messages: list[dict], tokenizer: Any) -> tuple[list[int], list[i
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     labels = [IGNORE_INDEX] * len(enc["input_ids"])
     for t, (start, end) in enumerate(enc["offset_mapping"]):
-        if end > start and any(s <= start < e for s, e in spans):
+        # overlap, not containment: with a header ending in a space ("assistant: "), the first
+        # content token " The" starts inside the header, and it is still what the model must say
+        if any(start < e and end > s for s, e in spans):
             labels[t] = enc["input_ids"][t]
     return list(enc["input_ids"]), labels
 
