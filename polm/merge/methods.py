@@ -1,0 +1,255 @@
+"""Merge methods: pure per-tensor functions registered by name in `MERGE_METHODS`.
+
+A method receives every input tensor that one output tensor is made from (plus plain scalars) and
+returns the merged tensor; the streaming runner calls it once per tensor name. Only torch is imported.
+
+Calling convention (what `MethodSpec` records for the runner):
+    fn(base, tensors, <per-input lists>, <shared scalars>, generator=None) -> Tensor
+`base` is the base model's tensor (None for methods that do not use one), `tensors` the other inputs,
+each of the same shape; per-input parameters (`weight`, `density`) are lists aligned with `tensors`.
+Arithmetic runs in float32 (float64 when the inputs are float64); the caller casts the result.
+Semantics and defaults follow mergekit (github.com/arcee-ai/mergekit, v0.1.5) so configs carry over.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from polm.registry import Registry
+
+MERGE_METHODS = Registry("merge method")
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What the runner must know about a method to call it."""
+
+    name: str
+    uses_base: bool                   # needs the base tensor (task vectors are θᵢ − θ_base)
+    per_input: dict[str, Any]         # parameter -> default, one value per non-base input
+    shared: dict[str, Any]            # parameter -> default, one value per output tensor
+    max_inputs: int | None = None     # non-base inputs allowed (slerp: exactly 1)
+    random: bool = False              # takes a torch.Generator (DARE)
+    paper: str = ""                   # reference shown in the model card
+
+    @property
+    def parameters(self) -> list[str]:
+        return sorted([*self.per_input, *self.shared])
+
+
+def merge_method(name: str, *, uses_base: bool, per_input: dict[str, Any] | None = None,
+                 max_inputs: int | None = None, paper: str = "") -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Register `fn` under `name`; its keyword defaults (other than per-input ones) are the shared parameters.
+
+    A plug-in decorates its own function the same way and is named in a config as 'pkg.module:fn'.
+    """
+    per_input = dict(per_input or {})
+
+    def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        params = inspect.signature(fn).parameters
+        shared = {k: p.default for k, p in params.items()
+                  if k not in ("base", "tensors", "generator", *per_input) and p.default is not inspect.Parameter.empty}
+        fn.spec = MethodSpec(name, uses_base, per_input, shared, max_inputs, "generator" in params, paper)
+        return MERGE_METHODS.register(name)(fn)
+
+    return register
+
+
+def method_spec(fn: Callable[..., Tensor]) -> MethodSpec:
+    spec = getattr(fn, "spec", None)
+    if not isinstance(spec, MethodSpec):
+        raise TypeError(f"{fn!r} is not a merge method (decorate it with polm.merge.methods.merge_method)")
+    return spec
+
+
+def _work_dtype(t: Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+# --- sparsification: which entries of a task vector survive -------------------------------------
+
+def magnitude_trim(delta: Tensor, density: float) -> Tensor:
+    """Keep the k = max(1, ⌊density·n⌋) entries of largest |δ| and zero the rest (TIES "trim").
+
+    Entries tied with the k-th largest magnitude are all kept. density ≥ 1 returns δ unchanged.
+    """
+    if density >= 1:
+        return delta
+    flat = delta.abs().reshape(-1)
+    k = max(1, int(density * flat.numel()))
+    threshold = flat.kthvalue(flat.numel() - k + 1).values
+    return delta * (delta.abs() >= threshold)
+
+
+def random_drop(delta: Tensor, density: float, rescale: str = "inverse",
+                generator: torch.Generator | None = None) -> Tensor:
+    """DARE drop: keep each entry with probability p = density (Bernoulli mask m), then rescale.
+
+    rescale='inverse' returns m⊙δ / p, so E[result] = δ (Yu et al., 2023, arXiv:2311.03099);
+    'l1' returns m⊙δ · ‖δ‖₁ / ‖m⊙δ‖₁ (mergekit's `rescale: true`); 'none' returns m⊙δ.
+    The mask is drawn as torch.bernoulli(full(δ.shape, p)), the same stream mergekit draws.
+    """
+    if density >= 1:
+        return delta
+    mask = torch.bernoulli(torch.full(delta.shape, density, dtype=torch.float32), generator=generator)
+    kept = delta * mask.to(delta.dtype)
+    if rescale == "inverse":
+        return kept / density
+    if rescale == "l1":
+        before, after = delta.abs().sum(), kept.abs().sum()
+        return kept if before < 1e-7 or after < 1e-7 else kept * (before / after)
+    if rescale == "none":
+        return kept
+    raise ValueError(f"unknown DARE rescale '{rescale}' (inverse, l1 or none)")
+
+
+def elect_sign_mask(deltas: Tensor, consensus: str = "sum") -> Tensor:
+    """TIES sign election on weighted task vectors `deltas` [n, *shape] -> bool mask [n, *shape].
+
+    The elected sign γ = sign(Σᵢ δᵢ) ('sum', the paper's mass vote) or sign(Σᵢ sign δᵢ) ('count'),
+    with 0 counted as +. mᵢ = (sign δᵢ == γ); trimmed (zero) entries never agree.
+    """
+    if consensus not in ("sum", "count"):
+        raise ValueError(f"unknown TIES consensus '{consensus}' (sum or count)")
+    sign = deltas.sign()
+    vote = deltas.sum(dim=0) if consensus == "sum" else sign.sum(dim=0)
+    elected = (vote >= 0).to(deltas.dtype) * 2 - 1
+    return sign == elected
+
+
+def combine_task_vectors(base: Tensor, deltas: list[Tensor], weight: Sequence[float], *, ties: bool,
+                         consensus: str, normalize: bool, scale: float) -> Tensor:
+    """θ = θ_base + scale · Σᵢ mᵢ wᵢ δᵢ / D, the shared core of task arithmetic, TIES and DARE.
+
+    mᵢ = 1 without TIES, else the sign-election mask of wᵢδᵢ. D = Σᵢ mᵢ wᵢ (per entry; 1 where 0)
+    when `normalize`, else 1. `deltas` hold n tensors shaped like `base`.
+    """
+    stacked = torch.stack(deltas)                                            # [n, *shape]
+    w = torch.tensor(list(weight), dtype=stacked.dtype).reshape(-1, *([1] * base.dim()))
+    stacked.mul_(w)
+    if ties:
+        mask = elect_sign_mask(stacked, consensus).to(stacked.dtype)
+        mixed = (stacked * mask).sum(dim=0)
+        divisor = (w * mask).sum(dim=0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = stacked.sum(dim=0)
+        divisor = w.sum(dim=0)
+        divisor[divisor.abs() < 1e-8] = 1                                   # weights cancelling: no rescale
+    if normalize:
+        mixed = mixed / divisor
+    return base.to(stacked.dtype) + scale * mixed
+
+
+def _task_vectors(base: Tensor, tensors: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    dtype = _work_dtype(base)
+    base = base.to(dtype)
+    return base, [t.to(dtype) - base for t in tensors]
+
+
+# --- registered methods -------------------------------------------------------------------------
+
+@merge_method("linear", uses_base=False, per_input={"weight": 1.0},
+              paper="https://arxiv.org/abs/2203.05482")
+def linear(base: Tensor | None, tensors: Sequence[Tensor], weight: Sequence[float],
+           normalize: bool = True) -> Tensor:
+    """Weighted average θ = Σᵢ wᵢθᵢ / Σᵢ wᵢ (or the plain weighted sum without `normalize`).
+
+    Model soups, Wortsman et al., 2022 (arXiv:2203.05482). Uniform weights give the uniform soup.
+    """
+    dtype = _work_dtype(tensors[0])
+    out = torch.zeros(tensors[0].shape, dtype=dtype)
+    for tensor, w in zip(tensors, weight):
+        out.add_(tensor.to(dtype), alpha=float(w))
+    if normalize:
+        total = float(sum(weight))
+        if total == 0:
+            raise ValueError("linear merge weights sum to 0, so they cannot be normalized")
+        out.div_(total)
+    return out
+
+
+@merge_method("task_arithmetic", uses_base=True, per_input={"weight": 1.0},
+              paper="https://arxiv.org/abs/2212.04089")
+def task_arithmetic(base: Tensor, tensors: Sequence[Tensor], weight: Sequence[float],
+                    normalize: bool = False, scale: float = 1.0) -> Tensor:
+    """θ = θ_base + scale · Σᵢ wᵢ(θᵢ − θ_base)  (÷ Σᵢ wᵢ with `normalize`).
+
+    Editing models with task arithmetic, Ilharco et al., 2023 (arXiv:2212.04089).
+    """
+    base, deltas = _task_vectors(base, tensors)
+    return combine_task_vectors(base, deltas, weight, ties=False, consensus="sum", normalize=normalize, scale=scale)
+
+
+@merge_method("ties", uses_base=True, per_input={"weight": 1.0, "density": 1.0},
+              paper="https://arxiv.org/abs/2306.01708")
+def ties(base: Tensor, tensors: Sequence[Tensor], weight: Sequence[float], density: Sequence[float],
+         normalize: bool = True, scale: float = 1.0, consensus: str = "sum") -> Tensor:
+    """TIES: trim each task vector to its top-`density` magnitudes, elect a sign per entry, disjoint mean.
+
+    θ = θ_base + scale · Σᵢ mᵢwᵢτᵢ / Σᵢ mᵢwᵢ with τᵢ = trim(θᵢ − θ_base) and mᵢ the agreement mask.
+    Yadav et al., 2023 (arXiv:2306.01708).
+    """
+    base, deltas = _task_vectors(base, tensors)
+    trimmed = [magnitude_trim(d, p) for d, p in zip(deltas, density)]
+    return combine_task_vectors(base, trimmed, weight, ties=True, consensus=consensus, normalize=normalize,
+                                scale=scale)
+
+
+@merge_method("dare_linear", uses_base=True, per_input={"weight": 1.0, "density": 1.0},
+              paper="https://arxiv.org/abs/2311.03099")
+def dare_linear(base: Tensor, tensors: Sequence[Tensor], weight: Sequence[float], density: Sequence[float],
+                normalize: bool = False, scale: float = 1.0, rescale: str = "inverse",
+                generator: torch.Generator | None = None) -> Tensor:
+    """DARE + task arithmetic: θ = θ_base + scale · Σᵢ wᵢ·drop(θᵢ − θ_base, pᵢ).
+
+    Language models are Super Mario, Yu et al., 2023 (arXiv:2311.03099). See `random_drop`.
+    """
+    base, deltas = _task_vectors(base, tensors)
+    dropped = [random_drop(d, p, rescale, generator) for d, p in zip(deltas, density)]
+    return combine_task_vectors(base, dropped, weight, ties=False, consensus="sum", normalize=normalize,
+                                scale=scale)
+
+
+@merge_method("dare_ties", uses_base=True, per_input={"weight": 1.0, "density": 1.0},
+              paper="https://arxiv.org/abs/2311.03099")
+def dare_ties(base: Tensor, tensors: Sequence[Tensor], weight: Sequence[float], density: Sequence[float],
+              normalize: bool = False, scale: float = 1.0, rescale: str = "inverse", consensus: str = "sum",
+              generator: torch.Generator | None = None) -> Tensor:
+    """DARE drop, then TIES sign election and disjoint merge of the surviving entries (arXiv:2311.03099)."""
+    base, deltas = _task_vectors(base, tensors)
+    dropped = [random_drop(d, p, rescale, generator) for d, p in zip(deltas, density)]
+    return combine_task_vectors(base, dropped, weight, ties=True, consensus=consensus, normalize=normalize,
+                                scale=scale)
+
+
+@merge_method("slerp", uses_base=True, max_inputs=1,
+              paper="https://en.wikipedia.org/wiki/Slerp")
+def slerp(base: Tensor, tensors: Sequence[Tensor], t: float = 0.5, dot_threshold: float = 0.9995,
+          eps: float = 1e-8) -> Tensor:
+    """Spherical interpolation from θ₀ = base (t=0) to θ₁ = tensors[0] (t=1), each flattened to a vector.
+
+    Ω = arccos(θ̂₀·θ̂₁) between the unit directions; θ = sin((1−t)Ω)/sin Ω · θ₀ + sin(tΩ)/sin Ω · θ₁.
+    When |θ̂₀·θ̂₁| > dot_threshold (parallel or antiparallel) sin Ω ≈ 0, so it falls back to the
+    linear (1−t)θ₀ + tθ₁. Zero vectors (norm ≤ eps) are not normalized. Shoemake, 1985.
+    """
+    dtype = _work_dtype(base)
+    v0, v1 = base.to(dtype).reshape(-1), tensors[0].to(dtype).reshape(-1)
+    n0, n1 = v0.norm(), v1.norm()
+    n0 = torch.where(n0 > eps, n0, 1)
+    n1 = torch.where(n1 > eps, n1, 1)
+    dot = ((v0 / n0) * (v1 / n1)).sum().clamp(-1, 1)
+    t_ = torch.tensor(t, dtype=dtype)
+    if dot.abs() > dot_threshold:
+        a, b = 1 - t_, t_
+    else:
+        omega = torch.acos(dot)
+        a, b = torch.sin((1 - t_) * omega) / torch.sin(omega), torch.sin(t_ * omega) / torch.sin(omega)
+    return (a * v0 + b * v1).reshape(base.shape)
