@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,11 @@ def build_tasks(specs: list[str], settings: EvalSettings) -> list[Task]:
     for task in tasks:
         task.check_mode(settings.mode)
     return tasks
+
+
+def prepare(specs: list[str], settings: EvalSettings, limit: int | None) -> list[tuple[Task, list[dict]]]:
+    """Tasks with their evaluated items (the first `limit`), all loaded before any model is."""
+    return [(task, task.load_items(limit)[:limit]) for task in build_tasks(specs, settings)]
 
 
 def run_task(task: Task, model: ModelAdapter, settings: EvalSettings, limit: int | None,
@@ -64,18 +69,20 @@ def _categories(task: Task, records: list[dict], seed: int) -> dict[str, dict[st
 
 def evaluate(model: str | ModelAdapter, tasks: list[str], *, limit: int | None = None,
              mode: str = "zero-shot", settings: EvalSettings | None = None, out_dir: Path | None = None,
-             batch_size: int = 8, device: str = "auto", dtype: str = "auto", chat: str = "auto") -> dict[str, Any]:
+             batch_size: int = 8, device: str = "auto", dtype: str = "auto", chat: str = "auto",
+             prepared: list[tuple[Task, list[dict]]] | None = None) -> dict[str, Any]:
     """Evaluate one model on `tasks` (specs, see polm.eval.tasks); returns
     {"model", "settings", "limit", "tasks": {spec: entry}} and, with `out_dir`, writes one JSON per
-    task (with per-item records) to out_dir/<task>.json."""
+    task (with per-item records) to out_dir/<task>.json. `prepared` (from `prepare`) skips reloading
+    the items when several models are evaluated on the same tasks."""
     settings = settings or EvalSettings(mode=mode)  # type: ignore[arg-type]
-    built = build_tasks(tasks, settings)
+    prepared = prepared if prepared is not None else prepare(tasks, settings, limit)
     adapter = model if isinstance(model, ModelAdapter) else ModelAdapter.load(
         model, device=device, dtype=dtype, batch_size=batch_size, chat=chat)  # type: ignore[arg-type]
     result: dict[str, Any] = {"model": adapter.name, "settings": asdict(settings), "limit": limit,
                               "chat": adapter.chat, "tasks": {}}
-    for task in built:
-        entry = run_task(task, adapter, settings, limit)
+    for task, items in prepared:
+        entry = run_task(task, adapter, settings, limit, items)
         if out_dir is not None:
             from polm.rundir import write_json
 
@@ -114,8 +121,7 @@ def make_eval_fn(model, tokenizer, tasks: list[str], limit: int | None = 50, *,
     metrics {"eval/<task>/<metric>": value} for metrics.jsonl. Tasks and items are built once; the
     model is put in eval mode for the call and restored after. Generation is greedy by default."""
     settings = settings or EvalSettings()
-    built = build_tasks(tasks, settings)
-    items = {task.name: task.load_items(limit)[:limit] for task in built}
+    prepared = prepare(tasks, settings, limit)
     adapter = ModelAdapter(model, tokenizer, batch_size=batch_size, name="training-model")
 
     def run() -> dict[str, float]:
@@ -123,8 +129,8 @@ def make_eval_fn(model, tokenizer, tasks: list[str], limit: int | None = 50, *,
         model.eval()
         try:
             out: dict[str, float] = {}
-            for task in built:
-                entry = run_task(task, adapter, replace(settings), limit, items[task.name])
+            for task, items in prepared:
+                entry = run_task(task, adapter, settings, limit, items)
                 for metric, stats in entry["metrics"].items():
                     out[f"eval/{slug(task.name)}/{metric}"] = stats["value"]
             return out

@@ -1,0 +1,129 @@
+"""`polm eval`: evaluate one or more models on tasks, print a table, write JSON.
+
+    polm eval --model smollm2-135m-instruct --task gsm8k --task arith:chain_sum --limit 50
+    polm eval --model base --model runs/sft/final --task gpqa-diamond --mode few-shot --out runs/eval-ab
+
+Writes OUT/results.json (metrics with 95% CIs and n per model and task, plus paired differences
+B − A when two or more models are given) and OUT/<model>/<task>.json with the per-item records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from polm.errors import PolmError
+from polm.eval.tasks import MODES, EvalSettings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", action="append", default=[],
+                        help="embedded name, local (adapter) directory or hub id; repeat to compare models")
+    parser.add_argument("--task", action="append", default=[],
+                        help="task spec, e.g. gsm8k, arith:chain_sum?n=100, gpqa-diamond?method=generate, "
+                             "my_task.yaml, pkg.module:factory (repeatable)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N items of each task")
+    parser.add_argument("--mode", default="zero-shot", choices=MODES)
+    parser.add_argument("--num-fewshot", type=int, default=3, help="exemplars in few-shot mode")
+    parser.add_argument("--samples", type=int, default=5, help="samples per item for self-consistency")
+    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature when sampling")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: each task's own")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--chat", default="auto", choices=["auto", "true", "false"],
+                        help="apply the tokenizer's chat template (auto: when it has one)")
+    parser.add_argument("--out", default=None, help="output directory (default runs/eval-<time>)")
+    parser.add_argument("--list-tasks", action="store_true", help="list the registered tasks and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    from polm.eval.runner import prepare
+
+    if args.list_tasks:
+        from polm.eval.tasks import task_names
+
+        print("\n".join(task_names()))
+        return 0
+    _check_args(args)
+    settings = EvalSettings(mode=args.mode, num_fewshot=args.num_fewshot, samples=args.samples,
+                            temperature=args.temperature, seed=args.seed, max_new_tokens=args.max_new_tokens)
+    prepared = prepare(args.task, settings, args.limit)   # specs, modes and data checked before a model loads
+    out = Path(args.out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
+    results = [_evaluate_model(ref, args, settings, prepared, out) for ref in args.model]
+    summary = _summary(results, args, out)
+    print_tables(summary)
+    print(f"results: {out / 'results.json'}")
+    return 0
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if not args.model:
+        raise PolmError("no model given", fix="Pass --model NAME_OR_DIR (repeat it to compare models).")
+    if not args.task:
+        raise PolmError("no task given", fix="Pass --task NAME (see `polm eval --list-tasks`).")
+    for key in ("limit", "samples", "batch_size", "max_new_tokens"):
+        value = getattr(args, key)
+        if value is not None and value < 1:
+            raise PolmError(f"--{key.replace('_', '-')} must be at least 1, got {value}")
+
+
+def _evaluate_model(ref: str, args: argparse.Namespace, settings: EvalSettings, prepared: list,
+                    out: Path) -> dict[str, Any]:
+    from polm.eval.model import ModelAdapter
+    from polm.eval.runner import evaluate, slug
+
+    adapter = ModelAdapter.load(ref, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                                chat=args.chat)
+    result = evaluate(adapter, args.task, limit=args.limit, settings=settings, out_dir=out / slug(ref),
+                      prepared=prepared)
+    del adapter   # free the model before the next one loads
+    return result
+
+
+def _summary(results: list[dict[str, Any]], args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    from polm.eval.runner import compare, without_records
+    from polm.rundir import write_json
+
+    baseline = results[0]
+    summary = {"command": "polm eval", "models": [r["model"] for r in results], "tasks": args.task,
+               "limit": args.limit, "results": [without_records(r) for r in results],
+               "comparisons": [{"model_a": baseline["model"], "model_b": other["model"],
+                                "tasks": compare(baseline, other, seed=args.seed)} for other in results[1:]]}
+    write_json(out / "results.json", summary)
+    return summary
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}" if abs(value) >= 10 else f"{value:.3f}"
+
+
+def print_tables(summary: dict[str, Any]) -> None:
+    """The metrics table (value, 95% CI, n, time) and, for several models, the paired differences."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="polm eval")
+    for col in ("model", "task", "metric", "value", "95% CI", "n", "samples/s"):
+        table.add_column(col, justify="right" if col in ("value", "n", "samples/s") else "left")
+    for result in summary["results"]:
+        for name, entry in result["tasks"].items():
+            for metric, st in entry["metrics"].items():
+                table.add_row(result["model"], name, metric, _fmt(st["value"]),
+                              f"[{_fmt(st['ci_low'])}, {_fmt(st['ci_high'])}]", str(st["n"]),
+                              f"{entry['samples_per_s']:.2f}")
+    console = Console()
+    if not console.is_terminal:   # piped or logged: do not squeeze the table into 80 columns
+        console = Console(width=160)
+    console.print(table)
+    for comp in summary["comparisons"]:
+        diff = Table(title=f"paired difference: {comp['model_b']} − {comp['model_a']}")
+        for col in ("task", "metric", "difference", "95% CI", "n"):
+            diff.add_column(col)
+        for name, d in comp["tasks"].items():
+            diff.add_row(name, d["metric"], f"{d['diff']:+.3f}", f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]",
+                         str(d["n"]))
+        console.print(diff)
