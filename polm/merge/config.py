@@ -137,8 +137,8 @@ def _check_parameters(settings: dict[str, Any], spec: MethodSpec, where: str, *,
             best = closest(name, spec.parameters)
             raise PolmError(f"method '{spec.name}' has no parameter '{name}'", where=key,
                             fix=(f"Did you mean '{best}'? " if best else "") + f"Its parameters: {valid}.")
-        for value in check_setting(setting, key):
-            _check_value(name, value, allowed[name], key)
+        for value, leaf in check_setting(setting, key):
+            _check_value(name, value, allowed[name], leaf)
 
 
 def _check_value(name: str, value: Any, default: Any, key: str) -> None:

@@ -67,20 +67,20 @@ def resolve_setting(setting: Setting, tensor_name: str, x: float) -> Any:
     return None
 
 
-def check_setting(setting: Setting, where: str) -> list[Any]:
-    """Validate the shape of a setting and return every value it can take at an anchor.
+def check_setting(setting: Setting, where: str) -> list[tuple[Any, str]]:
+    """Validate the shape of a setting; return every value it can take at an anchor, with its key path.
 
     Interpolation stays between neighbouring anchors, so range checks on these values cover all tensors.
     """
     if isinstance(setting, dict):
         setting = [setting]
     if isinstance(setting, (bool, int, float, str)):
-        return [setting]
+        return [(setting, where)]
     if not isinstance(setting, list) or not setting:
         raise PolmError(f"expected a number, a list of numbers (a layer gradient) or a list of "
                         f"{{filter, value}} entries, got {setting!r}", where=where)
     if all(isinstance(c, dict) for c in setting):
-        values: list[Any] = []
+        values: list[tuple[Any, str]] = []
         for i, cond in enumerate(setting):
             unknown = set(cond) - {"filter", "value"}
             if unknown or "value" not in cond:
@@ -93,4 +93,4 @@ def check_setting(setting: Setting, where: str) -> list[Any]:
     if any(isinstance(c, (dict, list)) for c in setting):
         raise PolmError("a list setting must hold only numbers (a layer gradient) or only {filter, value} entries",
                         where=where)
-    return list(setting)
+    return [(value, f"{where}[{i}]") for i, value in enumerate(setting)]
