@@ -1,0 +1,212 @@
+"""The shared loop on the tiny Llama: learning, accumulation invariance, exact resume, NaN guard, eval."""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build_tiny_llama
+from safetensors.torch import load_file
+
+from polm.data.collate import pad_collate
+from polm.errors import TrainingDiverged
+from polm.ops import causal_lm_loss
+from polm.train import BatchStream, StepOutput, TrainConfig, train
+from polm.train.checkpoint import list_checkpoints
+from polm.train.metrics import read_metrics
+
+VOCAB = 397
+
+
+def counting_examples(n: int, seed: int = 0) -> list[dict]:
+    """Sequences s, s+1, s+2, ... of different lengths (5..12): a pattern a tiny model can learn."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        start = int(torch.randint(4, 300, (1,), generator=gen))
+        length = 5 + i % 8
+        ids = list(range(start, start + length))
+        out.append({"input_ids": ids, "labels": [-100, -100] + ids[2:]})   # first two are "prompt"
+    return out
+
+
+def stream(examples: list[dict], mbs: int, seed: int = 0) -> BatchStream:
+    return BatchStream(examples, partial(pad_collate, pad_id=0), micro_batch_size=mbs, seed=seed)
+
+
+def sft_step(model, fail_at: int | None = None, poison: str = "loss"):
+    """A causal-LM step_fn; on call number `fail_at` it raises (a kill) or poisons the loss/grad."""
+    calls = {"n": 0}
+
+    def step(batch: dict) -> StepOutput:
+        calls["n"] += 1
+        loss_sum, count = causal_lm_loss(model, batch, chunk_size=8)
+        if calls["n"] == fail_at and poison == "kill":
+            raise RuntimeError("simulated kill")
+        if calls["n"] == fail_at and poison == "loss":
+            loss_sum = loss_sum * float("nan")
+        if calls["n"] == fail_at and poison == "grad":
+            # finite loss (sqrt(0) = 0) whose gradient is NaN (d sqrt / dx at 0 is inf, times 0)
+            loss_sum = loss_sum + (model.lm_head.weight * 0).sum().sqrt()
+        return StepOutput(loss_sum, count, {"seq_len": float(batch["input_ids"].shape[1])})
+
+    return step
+
+
+def config(**overrides) -> TrainConfig:
+    base = dict(max_steps=8, micro_batch_size=4, lr=3e-3, schedule="constant", max_grad_norm=1.0,
+                progress=False, tensorboard=False)
+    return TrainConfig(**{**base, **overrides})
+
+
+def run(run_dir: Path, cfg: TrainConfig, examples: list[dict], model=None, fail_at=None, poison="loss"):
+    model = model if model is not None else build_tiny_llama(VOCAB)
+    result = train(model=model, step_fn=sft_step(model, fail_at, poison), batches=stream(examples, cfg.micro_batch_size),
+                   cfg=cfg, run_dir=run_dir)
+    return model, result
+
+
+def train_lines(run_dir: Path) -> list[dict]:
+    return [r for r in read_metrics(run_dir) if "loss" in r and "event" not in r]
+
+
+def test_loss_goes_down_and_metrics_are_logged(tmp_path):
+    cfg = config(max_steps=30, lr=1e-2, schedule="cosine", warmup_steps=3)
+    _, result = run(tmp_path, cfg, counting_examples(16))
+    first, last = sum(result.losses[:3]) / 3, sum(result.losses[-3:]) / 3
+    assert result.steps == 30 and len(result.losses) == 30
+    assert last < first - 2.0, (first, last)          # ln(397) ≈ 6 at init
+    lines = train_lines(tmp_path)
+    assert [r["step"] for r in lines] == list(range(1, 31))
+    assert [r["loss"] for r in lines] == result.losses
+    # the lr each step used: warmup k/3, then cosine over the remaining 27 steps
+    assert [r["lr"] for r in lines[:5]] == pytest.approx(
+        [0.0, 1e-2 / 3, 2e-2 / 3, 1e-2, 1e-2 * 0.5 * (1 + math.cos(math.pi / 27))])
+    assert all(r["grad_norm"] > 0 and r["tokens_per_s"] > 0 and r["target_tokens"] > 0 for r in lines)
+    assert {"elapsed_s", "seq_len"} <= lines[0].keys()
+
+
+def per_batch_mean_step(model):
+    """The classic bug: each micro-batch's MEAN loss, so short examples weigh as much as long ones."""
+    def step(batch: dict) -> StepOutput:
+        loss_sum, count = causal_lm_loss(model, batch)
+        return StepOutput(loss_sum / count, 1)
+
+    return step
+
+
+def one_step_params(run_dir: Path, examples, mbs: int, accum: int, step_factory=sft_step):
+    # adam_eps=1 makes the first AdamW update ≈ lr·g/(|g|+1): sensitive to the gradient's scale and
+    # free of the g/|g| amplification of float noise in near-zero gradients
+    cfg = config(max_steps=1, micro_batch_size=mbs, grad_accum=accum, max_grad_norm=0.0, lr=1.0, adam_eps=1.0)
+    model = build_tiny_llama(VOCAB)
+    train(model=model, step_fn=step_factory(model), batches=stream(examples, mbs), cfg=cfg, run_dir=run_dir)
+    return dict(model.named_parameters()), train_lines(run_dir)[0]
+
+
+def test_micro_batch_1_x_accum_4_equals_micro_batch_4(tmp_path):
+    examples = counting_examples(4)           # lengths 5, 6, 7, 8: per-token normalisation matters
+    p1, line1 = one_step_params(tmp_path / "1x4", examples, mbs=1, accum=4)
+    p4, line4 = one_step_params(tmp_path / "4x1", examples, mbs=4, accum=1)
+    assert line1["target_tokens"] == line4["target_tokens"] == (5 + 6 + 7 + 8) - 4 * 2   # two prompt tokens each
+    assert line1["loss"] == pytest.approx(line4["loss"], rel=1e-6)
+    assert line1["grad_norm"] == pytest.approx(line4["grad_norm"], rel=1e-5)
+    for name in p1:
+        torch.testing.assert_close(p1[name], p4[name], atol=1e-6, rtol=0, msg=name)
+    # control: averaging per micro-batch instead gives a measurably different update
+    naive, _ = one_step_params(tmp_path / "naive", examples, mbs=1, accum=4, step_factory=per_batch_mean_step)
+    assert max((naive[n] - p4[n]).abs().max().item() for n in p4) > 1e-4
+
+
+def add_attention_dropout(model, p: float = 0.1):
+    """Dropout makes the loss depend on the torch RNG, so the resume must restore it."""
+    for module in model.modules():
+        if hasattr(module, "attention_dropout"):
+            module.attention_dropout = p
+    return model
+
+
+def test_resume_after_a_kill_reproduces_the_uninterrupted_losses(tmp_path):
+    examples = counting_examples(12)          # 3 steps per epoch: step 4 is mid-epoch 2
+    cfg = config(save_every=4, keep_checkpoints=1)
+    _, full = run(tmp_path / "full", cfg, examples, model=add_attention_dropout(build_tiny_llama(VOCAB)))
+
+    killed = tmp_path / "killed"
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        run(killed, cfg, examples, model=add_attention_dropout(build_tiny_llama(VOCAB)), fail_at=6, poison="kill")
+    assert [p.name for p in list_checkpoints(killed)] == ["step-4"]
+    assert len(train_lines(killed)) == 5
+
+    # a differently initialised model: everything must come from the checkpoint
+    model = add_attention_dropout(build_tiny_llama(VOCAB, seed=123))
+    model, resumed = run(killed, cfg, examples, model=model)
+    assert resumed.resumed_from == 4 and resumed.steps == 8
+    assert resumed.losses == full.losses[4:]                      # exactly, not approximately
+    lines = train_lines(killed)
+    assert [r["step"] for r in lines] == list(range(1, 9))
+    assert [r["loss"] for r in lines] == full.losses
+    assert [p.name for p in list_checkpoints(killed)] == ["step-8"]
+
+
+def test_resume_false_starts_over_and_rewrites_history(tmp_path):
+    examples = counting_examples(8)
+    _, first = run(tmp_path, config(max_steps=4, save_every=2), examples)
+    _, again = run(tmp_path, config(max_steps=4, save_every=2, resume=False), examples)
+    assert again.resumed_from == 0 and again.losses == first.losses
+    assert [r["step"] for r in train_lines(tmp_path)] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("poison", ["loss", "grad"])
+def test_nan_guard_stops_before_the_bad_update_and_keeps_the_checkpoint(tmp_path, poison):
+    model = build_tiny_llama(VOCAB)
+    with pytest.raises(TrainingDiverged) as err:
+        run(tmp_path, config(save_every=2), counting_examples(12), model=model, fail_at=3, poison=poison)
+    message = str(err.value)
+    assert "step 3" in message and "step-2" in message
+    saved = load_file(tmp_path / "checkpoints" / "step-2" / "trainable.safetensors")
+    for name, param in model.named_parameters():
+        assert torch.equal(param, saved[name]), name               # step 3 changed nothing
+    assert all(p.grad is None for p in model.parameters())
+    event = read_metrics(tmp_path)[-1]
+    assert event["event"] == "diverged" and event["step"] == 3
+    assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1]) == event  # strict JSON
+
+
+def test_eval_runs_in_eval_mode_every_n_steps_and_at_the_end(tmp_path):
+    model = build_tiny_llama(VOCAB)
+    examples = counting_examples(8)
+    held_out = pad_collate(counting_examples(4, seed=1), pad_id=0)
+    seen = []
+
+    def eval_fn() -> dict[str, float]:
+        seen.append((model.training, torch.is_grad_enabled()))
+        loss_sum, count = causal_lm_loss(model, held_out)
+        return {"loss": loss_sum.item() / count}
+
+    train(model=model, step_fn=sft_step(model), batches=stream(examples, 4), run_dir=tmp_path,
+          cfg=config(max_steps=5, eval_every=2), eval_fn=eval_fn)
+    evals = [r for r in read_metrics(tmp_path) if "eval/loss" in r]
+    assert [r["step"] for r in evals] == [2, 4, 5]
+    assert seen == [(False, False)] * 3
+    assert evals[-1]["eval/loss"] < evals[0]["eval/loss"]
+    assert model.training is False                                 # the fixture's mode is restored
+
+
+def test_epochs_set_the_number_of_steps(tmp_path):
+    # 10 examples, micro-batch 4 -> 3 micro-batches per epoch; accum 2 -> 2 steps per epoch
+    _, result = run(tmp_path, config(max_steps=0, epochs=2.0, grad_accum=2), counting_examples(10))
+    assert result.steps == 4
+
+
+def test_tensorboard_scalars_match_metrics(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, result = run(tmp_path, config(max_steps=3, tensorboard=True), counting_examples(8))
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    logged = [e.value for e in events.Scalars("train/loss")]
+    assert logged == pytest.approx(result.losses, rel=1e-6)
