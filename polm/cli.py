@@ -13,6 +13,7 @@ import os
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("polm.demo", "the main job: arithmetic accuracy of SmolLM2 before and after LoRA SFT"),
     "sft": ("polm.recipes.sft", "supervised fine-tuning: full / LoRA / DoRA / QLoRA, chat or plain text"),
     "generate": ("polm.generate", "batched generation from a model or adapter"),
     "chat": ("polm.chat", "interactive chat with a model or adapter"),
