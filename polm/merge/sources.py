@@ -183,6 +183,10 @@ def _plan_patches(shapes: dict[str, tuple[int, ...]], cfg: dict[str, Any], base:
             if name in base:
                 groups[name] = ("replace", {"weight": key})          # modules_to_save: a trained full copy
                 continue
+            if any(f".{m}." in f".{name}" for m in cfg.get("modules_to_save") or []):
+                raise PolmError(f"the adapter saves a trained copy of '{name}', which the base model does not "
+                                "store (its lm_head is tied to the embeddings)", where=label,
+                                fix="Untie the embeddings of the base before training such an adapter.")
             raise PolmError(f"adapter tensor '{key}' is neither LoRA nor a copy of a base tensor", where=label,
                             fix="Only LoRA/DoRA adapters (optionally with modules_to_save) can be merged.")
         suffix, (kind, part) = role
