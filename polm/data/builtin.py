@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 import json
+import math
 import random
 import re
 from collections.abc import Callable
@@ -23,20 +25,23 @@ from polm.errors import PolmError, did_you_mean
 SOURCES = ("gsm8k-test", "reasoning-gym/<task>", "wiki-summaries")
 SUBSET_KEYS = ("n", "seed", "offset")
 RG_DEFAULT_N = 100
+RG_STREAM = 2**24  # entries available per seed
 
 
 # --- references --------------------------------------------------------------------------------------
 
 def parse_value(text: str) -> Any:
-    """A query value as int, float or bool when it looks like one, else the string itself."""
+    """A query value as int, finite float or bool when it looks like one, else the string itself."""
     low = text.lower()
     if low in ("true", "false"):
         return low == "true"
     for kind in (int, float):
         try:
-            return kind(text)
+            value = kind(text)
         except ValueError:
-            pass
+            continue
+        if math.isfinite(value):  # 'inf' and 'nan' stay words
+            return value
     return text
 
 
@@ -89,16 +94,20 @@ def seeded_subset(records: list[dict[str, Any]], n: int | None = None, seed: int
 
     One seed gives one permutation, so subsets at different offsets never share a record.
     """
-    for name, value in (("n", n), ("seed", seed), ("offset", offset)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise PolmError(f"query key '{name}' must be a non-negative integer, got {value!r}",
-                            fix=f"Write e.g. {name}=100.")
+    _check_counts(n=n, seed=seed, offset=offset)
     if n is None and seed is None and offset == 0:
         return records
     order = list(range(len(records)))
     random.Random(seed or 0).shuffle(order)
     stop = len(order) if n is None else offset + n
     return [records[i] for i in order[offset:stop]]
+
+
+def _check_counts(where: str | None = None, **values: Any) -> None:
+    for name, value in values.items():
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise PolmError(f"query key '{name}' must be a non-negative integer, got {value!r}", where=where,
+                            fix=f"Write e.g. {name}=100.")
 
 
 # --- GSM8K and Wikipedia -----------------------------------------------------------------------------
@@ -141,17 +150,19 @@ def _reasoning_gym():
 
 
 def reasoning_gym_records(task: str, query: dict[str, Any], where: str) -> list[dict[str, Any]]:
-    """`n` entries of a reasoning-gym task, indices offset..offset+n-1 of the generator seeded by `seed`.
+    """`n` entries of a reasoning-gym task: indices offset..offset+n-1 of its generator seeded with
+    `generator_seed(seed)`.
 
     Each record keeps the generator `config` and its index `id`, so the scorer can rebuild the exact
     entry (some verifiers compare tuples that a JSON round trip turns into lists).
     """
     query = dict(query)
     n, seed, offset = query.pop("n", RG_DEFAULT_N), query.pop("seed", 0), query.pop("offset", 0)
-    for name, value in (("n", n), ("seed", seed), ("offset", offset)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise PolmError(f"query key '{name}' must be a non-negative integer, got {value!r}", where=where)
-    config = {**_generator_options(task, query, where), "seed": seed, "size": offset + n}
+    _check_counts(where, n=n, seed=seed, offset=offset)
+    if offset + n > RG_STREAM:
+        raise PolmError(f"offset + n = {offset + n} exceeds {RG_STREAM} entries per seed", where=where,
+                        fix="Use another seed for more entries.")
+    config = {**_generator_options(task, query, where), "seed": generator_seed(seed), "size": offset + n}
     dataset = _checked_dataset(task, json.dumps(config, sort_keys=True), where)
     left_to_right = task == "basic_arithmetic" and not dataset.config.allow_parentheses
     records = []
@@ -162,6 +173,18 @@ def reasoning_gym_records(task: str, query: dict[str, Any], where: str) -> list[
                         "answer": answer, "task": task, "entry": to_jsonable(entry),
                         "source": f"reasoning-gym/{task}", "id": idx, "config": config})
     return records
+
+
+def generator_seed(seed: int) -> int:
+    """The reasoning-gym seed behind polm's `seed`.
+
+    reasoning-gym draws entry i from Random(seed + i), so seed=0&n=2000 would contain every entry of
+    seed=1234&n=200. polm spreads seeds with a hash over [0, 2**32 - RG_STREAM), making the entry
+    streams of different seeds disjoint (overlap chance ~ n / 2**31) and keeping seed + i < 2**32,
+    which the numpy-seeded tasks require.
+    """
+    digest = hashlib.sha256(f"polm/reasoning-gym/{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % (2**32 - RG_STREAM)
 
 
 def _generator_options(task: str, options: dict[str, Any], where: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from reasoning_gym.arithmetic.basic_arithmetic import eval_floordiv
 
 from polm.data.builtin import (
     extract_final_answer,
+    generator_seed,
     load_builtin,
     parse_query,
     parse_value,
@@ -210,7 +211,7 @@ def test_wiki_records():
 
 def test_reasoning_gym_record_fields():
     record = load_builtin("builtin:reasoning-gym/chain_sum?n=3&seed=0&offset=2&max_digits=2")[2]
-    entry = reasoning_gym.create_dataset("chain_sum", seed=0, size=5, max_digits=2)[4]
+    entry = reasoning_gym.create_dataset("chain_sum", seed=generator_seed(0), size=5, max_digits=2)[4]
     assert record["prompt"] == entry["question"] and record["answer"] == entry["answer"]
     assert (record["task"], record["id"], record["source"]) == ("chain_sum", 4, "reasoning-gym/chain_sum")
     assert record["entry"]["metadata"]["difficulty"]["num_terms"] == [2, 6]  # tuples became lists
@@ -219,7 +220,7 @@ def test_reasoning_gym_record_fields():
 
 def test_query_parsing():
     assert parse_value("3") == 3 and parse_value("1.5") == 1.5 and parse_value("False") is False
-    assert parse_value("single") == "single"
+    assert parse_value("single") == "single" and parse_value("inf") == "inf"
     assert parse_query("n=10&seed=3&flag=true&ops=+,-&name=a%20b", where="t") == {
         "n": 10, "seed": 3, "flag": True, "ops": "+,-", "name": "a b"}
     records = load_builtin("builtin:reasoning-gym/basic_arithmetic?n=50&operators=+,-")
@@ -247,6 +248,21 @@ def test_reasoning_gym_offsets_are_disjoint():
     assert len({r["prompt"] for r in a} & {r["prompt"] for r in b}) < 5  # only chance repeats of short sums
 
 
+def test_different_seeds_never_share_entries_by_construction():
+    # reasoning-gym draws entry i from Random(seed + i): unmapped, seed=0&n=2000 would hold all of
+    # seed=1234&n=200 (a train/test leak). polm's seeds map to far-apart generator seeds.
+    train = load_builtin("builtin:reasoning-gym/basic_arithmetic?n=2000&seed=0")
+    test = load_builtin("builtin:reasoning-gym/basic_arithmetic?n=200&seed=1234")
+    streams = [{r["config"]["seed"] + r["id"] for r in records} for records in (train, test)]
+    assert not streams[0] & streams[1]
+    shared = {r["prompt"] for r in train} & {r["prompt"] for r in test}
+    assert len(shared) <= 5  # chance repeats of tiny sums such as 'Calculate -3 * 6.'
+    raw_train = reasoning_gym.create_dataset("basic_arithmetic", seed=0, size=2000)
+    raw_test = reasoning_gym.create_dataset("basic_arithmetic", seed=1234, size=200)
+    assert raw_train[1234 + 7]["question"] == raw_test[7]["question"]  # the leak that the mapping avoids
+    assert all(0 <= generator_seed(s) < 2**32 - 2**24 for s in range(1000))
+
+
 # --- errors --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("ref, message", [
@@ -259,6 +275,8 @@ def test_reasoning_gym_offsets_are_disjoint():
     ("builtin:reasoning-gym/chain_sum?n=-1", "query key 'n' must be a non-negative integer"),
     ("builtin:gsm8k-test?m=5", "unknown query key 'm' for builtin:gsm8k-test. Valid keys: n, seed, offset"),
     ("builtin:gsm8k-test?n", "query item 'n' is not key=value"),
+    ("builtin:gsm8k-test?n=1.5", "query key 'n' must be a non-negative integer, got 1.5"),
+    ("builtin:reasoning-gym/chain_sum?n=10&offset=16777215", "exceeds 16777216 entries per seed"),
     ("gsm8k-test", "'gsm8k-test' is not a builtin reference"),
 ])
 def test_errors_name_the_problem_and_the_fix(ref, message):
