@@ -185,6 +185,7 @@ def _register_builtins() -> None:
     global _BUILTINS_LOADED
     if not _BUILTINS_LOADED:
         import polm.eval.builtin_tasks  # noqa: F401
+        import polm.eval.code  # noqa: F401
 
         _BUILTINS_LOADED = True
 
