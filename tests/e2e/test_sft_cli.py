@@ -30,9 +30,9 @@ def chat_file(tmp_path: Path) -> Path:
 
 def sft_args(model_dir, data, out, *extra) -> list[str]:
     return ["sft", f"model.name={model_dir}", f"data.train={data}", f"output_dir={out}",
-            "train.max_steps=12", "train.micro_batch_size=4", "train.lr=0.01", "train.warmup_steps=0",
+            "train.max_steps=16", "train.micro_batch_size=4", "train.lr=0.01", "train.warmup_steps=0",
             "train.schedule=constant", "train.progress=false", "train.tensorboard=false", "data.max_length=64",
-            "lora.target_modules=[q_proj,v_proj]", "lora.r=4", *extra]
+            "lora.r=16", "lora.alpha=32", *extra]
 
 
 def read_losses(run_dir: Path) -> list[float]:
@@ -54,8 +54,9 @@ def test_sft_cli_trains_and_saves_reloadable_model(method, tiny_model_dir, chat_
     out = tmp_path / f"run-{method}"
     assert main(sft_args(tiny_model_dir, chat_file, out, f"method={method}")) == 0
     losses = read_losses(out)
-    assert len(losses) == 12
-    assert sum(losses[-3:]) / 3 < losses[0] * 0.8, losses  # the loss goes down
+    assert len(losses) == 16
+    # The loss goes down (a random 2-layer model: full FT falls fast, a LoRA adapter more slowly).
+    assert sum(losses[-3:]) / 3 < losses[0] * (0.6 if method == "full" else 0.95), losses
     assert json.loads((out / "run.json").read_text())["status"] == "completed"
     assert (out / "config.yaml").is_file() and (out / "plots" / "loss.png").stat().st_size > 1000
     final = out / "final"
@@ -100,7 +101,7 @@ def test_continued_pretraining_on_plain_text(tiny_model_dir, tmp_path):
     out = tmp_path / "cpt"
     assert main(sft_args(tiny_model_dir, data, out, "method=lora")) == 0
     losses = read_losses(out)
-    assert losses[-1] < losses[0] * 0.8
+    assert sum(losses[-3:]) / 3 < losses[0] * 0.95, losses
 
 
 def test_resume_after_interruption_matches_uninterrupted(tiny_model_dir, chat_file, tmp_path):
