@@ -108,8 +108,8 @@ def _ce_chunk(h: torch.Tensor, weight: torch.Tensor, t: torch.Tensor):
     lse = logits.logsumexp(-1)
     picked = logits.gather(-1, safe[:, None]).squeeze(-1)
     loss = torch.where(valid, lse - picked, 0.0).sum()
-    # d CE / d logits = softmax - onehot, zero on ignored rows
-    grad = (logits - lse[:, None]).exp_()
+    # d CE / d logits = softmax - onehot, zero on ignored rows; in place: one [c,V] buffer per chunk
+    grad = logits.sub_(lse[:, None]).exp_()
     grad[torch.arange(len(t), device=t.device), safe] -= 1.0
     grad.mul_(valid[:, None])
     return loss, grad
