@@ -242,7 +242,7 @@ def _completion(entry: dict[str, Any], answer: str | None, dataset: Any, left_to
     if isinstance(expression, str):
         try:
             steps, value = worked_solution(expression, left_to_right=left_to_right)
-        except (SyntaxError, ValueError, ZeroDivisionError, ArithmeticError):
+        except (SyntaxError, ValueError, ArithmeticError):  # ArithmeticError: division by zero
             steps, value = [], None
         if steps and dataset.score_answer(format_number(value), entry) == 1.0:
             return "\n".join([*steps, f"Answer: {answer}"])
@@ -414,12 +414,12 @@ def score_response(response: str, record: dict[str, Any]) -> float:
 def _scoring_entry(record: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The task's generator and the entry to score against: rebuilt exactly from the record's config
     and index when it carries them (polm's records do), else the stored entry with default options."""
-    config = record.get("config")
+    task, config = record["task"], record.get("config")
+    _generator_options(task, {}, where=f"record of task '{task}'")  # unknown task: did-you-mean
     if isinstance(config, dict) and isinstance(record.get("id"), int):
         key = json.dumps(config, sort_keys=True)
-        return _task_dataset(record["task"], key), _rebuilt_entry(record["task"], key, record["id"])
-    _reasoning_gym()
-    return _task_dataset(record["task"], json.dumps({"size": 1, "seed": 0})), record["entry"]
+        return _task_dataset(task, key), _rebuilt_entry(task, key, record["id"])
+    return _task_dataset(task, json.dumps({"size": 1, "seed": 0})), record["entry"]
 
 
 @functools.lru_cache(maxsize=8192)
@@ -427,12 +427,16 @@ def _rebuilt_entry(task: str, config_json: str, idx: int) -> dict[str, Any]:
     return _task_dataset(task, config_json)[idx]
 
 
-def _same_number(a: str, b: str) -> bool:
-    def number(text: str) -> Decimal | None:
-        try:
-            return Decimal(text.replace(",", "").replace("$", "").strip().rstrip("."))
-        except InvalidOperation:
-            return None
+def _as_number(text: str) -> Decimal | None:
+    """'1,234' / '$18' / '18.' -> Decimal; a sentence -> its last number ('The total is 18' -> 18)."""
+    cleaned = text.replace(",", "").replace("$", "").strip().rstrip(".")
+    try:
+        return Decimal(cleaned)
+    except InvalidOperation:
+        numbers = _NUMBER.findall(cleaned)
+        return Decimal(numbers[-1]) if numbers else None
 
-    x, y = number(a), number(b)
+
+def _same_number(a: str, b: str) -> bool:
+    x, y = _as_number(a), _as_number(b)
     return x is not None and y is not None and x == y

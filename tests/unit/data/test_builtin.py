@@ -151,6 +151,7 @@ def test_score_gsm8k_response():
     assert score_response("She sells 9 eggs at $2.\n#### 18", record) == 1.0
     assert score_response("Answer: 18.0", record) == 1.0
     assert score_response("The answer is $18.", record) == 1.0
+    assert score_response("Answer: she makes $18 a day", record) == 1.0
     assert score_response("Answer: 19", record) == 0.0
     assert score_response("I do not know.", record) == 0.0
 
@@ -176,6 +177,11 @@ def test_scoring_a_record_without_config_uses_its_stored_entry():
     record = {"task": "chain_sum", "entry": entry, "answer": "3"}
     assert score_response("Answer: 3", record) == 1.0
     assert score_response("Answer: 4", record) == 0.0
+
+
+def test_scoring_an_unknown_task_suggests_the_closest():
+    with pytest.raises(PolmError, match="unknown reasoning-gym task 'chain_summ'. Did you mean 'chain_sum'?"):
+        score_response("Answer: 3", {"task": "chain_summ", "entry": {}, "answer": "3"})
 
 
 def test_own_completions_score_full_marks_on_many_tasks():
