@@ -156,7 +156,7 @@ class _Loop:
         return acc
 
     def update(self, count: int) -> float:
-        """Normalise the summed gradients by the true count, clip, step; return the grad norm."""
+        """Divide the summed gradients by the true count and clip; return the norm before clipping."""
         state = self.state
         if state.scaler is not None:
             state.scaler.unscale_(state.optimizer)
@@ -201,11 +201,11 @@ class _Loop:
             self.diverge(step, loss, grad_norm)
         lr = self.apply()
         seconds = time.perf_counter() - started
-        record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                  "target_tokens": acc.target_tokens, "tokens": acc.tokens,
-                  "tokens_per_s": acc.tokens / max(seconds, 1e-9)}
-        record.update({k: sum(v) / len(v) for k, v in acc.metrics.items()})
-        return record
+        extra = {k: sum(v) / len(v) for k, v in acc.metrics.items()}
+        # the loop's own numbers win over a step_fn metric of the same name
+        return {**extra, "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                "target_tokens": acc.target_tokens, "tokens": acc.tokens,
+                "tokens_per_s": acc.tokens / max(seconds, 1e-9)}
 
     def evaluate(self, step: int) -> None:
         was_training = self.model.training

@@ -13,10 +13,11 @@ from conftest import build_tiny_llama
 from safetensors.torch import load_file
 
 from polm.data.collate import pad_collate
-from polm.errors import TrainingDiverged
+from polm.errors import PolmError, TrainingDiverged
 from polm.ops import causal_lm_loss
 from polm.train import BatchStream, StepOutput, TrainConfig, train
 from polm.train.checkpoint import list_checkpoints
+from polm.train.loop import build_optimizer
 from polm.train.metrics import read_metrics
 
 VOCAB = 397
@@ -114,6 +115,7 @@ def test_micro_batch_1_x_accum_4_equals_micro_batch_4(tmp_path):
     p4, line4 = one_step_params(tmp_path / "4x1", examples, mbs=4, accum=1)
     assert line1["target_tokens"] == line4["target_tokens"] == (5 + 6 + 7 + 8) - 4 * 2   # two prompt tokens each
     assert line1["loss"] == pytest.approx(line4["loss"], rel=1e-6)
+    assert line1["seq_len"] == (5 + 6 + 7 + 8) / 4 and line4["seq_len"] == 8   # step_fn metrics: mean over micro-batches
     assert line1["grad_norm"] == pytest.approx(line4["grad_norm"], rel=1e-5)
     for name in p1:
         torch.testing.assert_close(p1[name], p4[name], atol=1e-6, rtol=0, msg=name)
@@ -210,3 +212,14 @@ def test_tensorboard_scalars_match_metrics(tmp_path):
     events.Reload()
     logged = [e.value for e in events.Scalars("train/loss")]
     assert logged == pytest.approx(result.losses, rel=1e-6)
+
+
+def test_no_weight_decay_on_biases_and_norm_weights():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    optimizer = build_optimizer(list(model.parameters()), config(weight_decay=0.1, adam_betas=[0.8, 0.9]))
+    decayed, plain = optimizer.param_groups
+    assert [p.shape for p in decayed["params"]] == [(4, 4)] and decayed["weight_decay"] == 0.1
+    assert len(plain["params"]) == 3 and plain["weight_decay"] == 0.0   # bias, norm weight, norm bias
+    assert decayed["betas"] == (0.8, 0.9)
+    with pytest.raises(PolmError, match="two numbers"):
+        build_optimizer(list(model.parameters()), config(adam_betas=[0.9]))
