@@ -187,9 +187,13 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 # --- converting a GGUF into a cached Hugging Face checkpoint -----------------------------------------
@@ -216,6 +220,7 @@ def prepare_model(name: str) -> Path:
         _notice(f"converting {name} from GGUF to a Hugging Face checkpoint once (~{asset.convert_s} s) -> {target}")
         gguf = asset_file(name)
         convert_gguf(gguf, tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
         _write_json_atomic(tmp / "polm_asset.json",
                            {"asset": name, "install": asset.pip, "gguf": gguf.name, "gguf_sha256": file_sha256(gguf)})
         _publish(tmp, target)

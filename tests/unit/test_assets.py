@@ -88,6 +88,7 @@ def test_first_resolution_converts_into_a_sha_named_directory(fake_model, conver
     assert gguf == fake_model
     assert out.parent == home / "models" and out.name.startswith(f".{path.name}.tmp-{os.getpid()}-")
     assert _models(home) == [path.name]  # the temp directory was renamed into place
+    assert path.stat().st_mode & 0o777 == 0o755  # readable by others sharing the cache
 
 
 def test_later_resolutions_neither_convert_nor_rehash(fake_model, converter, monkeypatch):
