@@ -6,9 +6,21 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+# Tiny models run 10-20x faster on one thread than fighting over two cores; slow tests using the real
+# model ask for more with the `all_threads` fixture.
+torch.set_num_threads(1)
+
+
+@pytest.fixture()
+def all_threads():
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(1)
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
