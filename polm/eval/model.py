@@ -127,27 +127,67 @@ class ModelAdapter:
 
     @torch.no_grad()
     def _score_rows(self, rows: list[_Row]) -> list[tuple[float, bool]]:
-        # Longest first: batches hold similar lengths, and an out-of-memory shows on the first batch.
-        order = sorted(range(len(rows)), key=lambda i: -(len(rows[i].context) + len(rows[i].continuation)))
         out: list[tuple[float, bool]] = [(0.0, False)] * len(rows)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(tuple(row.context), []).append(i)
+        rest = []
+        for context, idx in groups.items():
+            # Several continuations of one context (multiple choice): read the context once.
+            if len(idx) > 1 and len(context) + max(len(rows[i].continuation) for i in idx) <= self.max_length:
+                for i, result in zip(idx, self._score_shared_context([rows[i] for i in idx])):
+                    out[i] = result
+            else:
+                rest += idx
+        # Longest first: batches hold similar lengths, and an out-of-memory shows on the first batch.
+        rest.sort(key=lambda i: -(len(rows[i].context) + len(rows[i].continuation)))
+        for start in range(0, len(rest), self.batch_size):
+            chunk = rest[start:start + self.batch_size]
             for i, result in zip(chunk, self._score_batch([rows[i] for i in chunk])):
                 out[i] = result
         return out
 
+    def _score_shared_context(self, rows: list[_Row]) -> list[tuple[float, bool]]:
+        """G continuations of one context: one forward over the context with the KV cache, then the
+        G continuations (right-padded, [G, K-1]) on the cache repeated G times. Same numbers as
+        scoring each (context + continuation) alone, at ~1/G of the context compute."""
+        conts = [r.continuation for r in rows]
+        n_ctx, width, k = len(rows[0].context), len(rows), max(len(c) for c in conts)
+        ctx_out = self.model(input_ids=torch.tensor([rows[0].context], device=self.device), use_cache=True,
+                             logits_to_keep=1)
+        first = ctx_out.logits[:, -1:].float().cpu().expand(width, 1, -1)             # [G,1,V]
+        logits = first
+        if k > 1:
+            pad = self.tokenizer.pad_token_id or 0
+            feed = torch.tensor([c[:-1] + [pad] * (k - len(c)) for c in conts], device=self.device)
+            mask = torch.tensor([[1] * (n_ctx + len(c) - 1) + [0] * (k - len(c)) for c in conts],
+                                device=self.device)
+            cache = ctx_out.past_key_values
+            cache.batch_repeat_interleave(width)
+            positions = torch.arange(n_ctx, n_ctx + k - 1, device=self.device).expand(width, -1)
+            rest = self.model(input_ids=feed, attention_mask=mask, position_ids=positions, past_key_values=cache)
+            logits = torch.cat([first, rest.logits.float().cpu()], dim=1)              # [G,K,V]
+        targets = torch.tensor([c + [-100] * (k - len(c)) for c in conts])            # [G,K]
+        return self._reduce(logits, targets)
+
     def _score_batch(self, rows: list[_Row]) -> list[tuple[float, bool]]:
         """Left-pad so every continuation ends at the last position; then only the last K positions'
         logits are needed (K = longest continuation), which keeps [B,K,V] small for big vocabularies."""
-        from polm.ops.logprobs import causal_targets, token_logprobs
+        from polm.ops.logprobs import causal_targets
 
         batch = self._left_padded(rows)
         keep = max(len(r.continuation) for r in rows)
         logits = self._forward(batch, keep)                                    # [B,K,V]
         targets = causal_targets(batch["labels"])[:, :-1][:, -keep:]           # [B,K]
+        return self._reduce(logits, targets)
+
+    @staticmethod
+    def _reduce(logits: torch.Tensor, targets: torch.Tensor) -> list[tuple[float, bool]]:
+        """logits [B,K,V], targets [B,K] (-100 = not scored) → per row (Σ logprob, all argmax)."""
+        from polm.ops.logprobs import token_logprobs
+
         logprobs = token_logprobs(logits, targets)                             # [B,K], 0 where ignored
-        mask = targets != -100
-        greedy = ((logits.argmax(-1) == targets) | ~mask).all(-1)
+        greedy = ((logits.argmax(-1) == targets) | (targets == -100)).all(-1)
         return [(float(lp), bool(g)) for lp, g in zip(logprobs.sum(-1).tolist(), greedy.tolist())]
 
     def _left_padded(self, rows: list[_Row]) -> dict[str, torch.Tensor]:

@@ -42,6 +42,20 @@ def test_loglikelihood_equals_hand_sum(tiny_llama, tiny_tokenizer, batch_size):
         assert lp < 0
 
 
+def test_shared_context_scoring_equals_hand_sums(tiny_llama, tiny_tokenizer):
+    # Four continuations of one context (multiple choice) take the KV-cache path; lengths differ so
+    # the continuation batch is right-padded.
+    context = "Question: What is 12 + 7?\nAnswer:"
+    conts = [" (A)", " 19", " The answer is 19.", " -4"]
+    adapter = ModelAdapter(tiny_llama, tiny_tokenizer, batch_size=2)
+    rows = [adapter._encode_pair(context, c) for c in conts]
+    assert len({tuple(r.context) for r in rows}) == 1
+    got = adapter.loglikelihood([(context, c) for c in conts])
+    for cont, (lp, greedy) in zip(conts, got):
+        want_lp, want_greedy = hand_loglikelihood(tiny_llama, tiny_tokenizer, context, cont)
+        assert lp == pytest.approx(want_lp, abs=1e-4) and greedy == want_greedy
+
+
 def test_greedy_flag_follows_the_argmax(tiny_llama, tiny_tokenizer):
     adapter = ModelAdapter(tiny_llama, tiny_tokenizer)
     ids = tiny_tokenizer("What is", add_special_tokens=False)["input_ids"]
