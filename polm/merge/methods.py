@@ -73,85 +73,108 @@ def _work_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-# --- sparsification: which entries of a task vector survive -------------------------------------
+# --- sparsification: which entries of a task vector survive (in place, on rows the method owns) ---
 
-def magnitude_trim(delta: Tensor, density: float) -> Tensor:
-    """Keep the k = max(1, ⌊density·n⌋) entries of largest |δ| and zero the rest (TIES "trim").
+def magnitude_trim_(delta: Tensor, density: float) -> Tensor:
+    """In place: keep the k = max(1, ⌊density·n⌋) entries of largest |δ|, zero the rest (TIES "trim").
 
-    Entries tied with the k-th largest magnitude are all kept. density ≥ 1 returns δ unchanged.
+    Entries tied with the k-th largest magnitude are all kept; density ≥ 1 leaves δ unchanged.
+    On CPU the threshold comes from numpy's in-place partition of one |δ| copy, so the scratch is one
+    tensor (torch.kthvalue would add an int64 index tensor, twice the size of δ).
     """
     if density >= 1:
         return delta
-    flat = delta.abs().reshape(-1)
-    k = max(1, int(density * flat.numel()))
-    threshold = flat.kthvalue(flat.numel() - k + 1).values
-    return delta * (delta.abs() >= threshold)
+    magnitude = delta.abs().reshape(-1)
+    kth = magnitude.numel() - max(1, int(density * magnitude.numel()))     # 0-based rank of the threshold
+    if magnitude.device.type == "cpu":
+        values = magnitude.numpy()
+        values.partition(kth)
+        threshold = float(values[kth])
+    else:
+        threshold = float(magnitude.kthvalue(kth + 1).values)
+    del magnitude
+    return delta.mul_(delta.abs() >= threshold)
 
 
-def random_drop(delta: Tensor, density: float, rescale: str = "inverse",
-                generator: torch.Generator | None = None) -> Tensor:
-    """DARE drop: keep each entry with probability p = density (Bernoulli mask m), then rescale.
+def random_drop_(delta: Tensor, density: float, rescale: str = "inverse",
+                 generator: torch.Generator | None = None) -> Tensor:
+    """In place DARE drop: keep each entry with probability p = density (Bernoulli mask m), then rescale.
 
-    rescale='inverse' returns m⊙δ / p, so E[result] = δ (Yu et al., 2023, arXiv:2311.03099);
-    'l1' returns m⊙δ · ‖δ‖₁ / ‖m⊙δ‖₁ (mergekit's `rescale: true`); 'none' returns m⊙δ.
-    The mask is drawn as torch.bernoulli(full(δ.shape, p)), the same stream mergekit draws.
+    rescale='inverse': m⊙δ / p, so E[result] = δ (Yu et al., 2023, arXiv:2311.03099);
+    'l1': m⊙δ · ‖δ‖₁ / ‖m⊙δ‖₁ (mergekit's `rescale: true`); 'none': m⊙δ.
+    The mask is torch.bernoulli(full(δ.shape, p)): the same random stream mergekit draws.
     """
+    if rescale not in ("inverse", "l1", "none"):
+        raise ValueError(f"unknown DARE rescale '{rescale}' (inverse, l1 or none)")
     if density >= 1:
         return delta
-    mask = torch.bernoulli(torch.full(delta.shape, density, dtype=torch.float32), generator=generator)
-    kept = delta * mask.to(delta.dtype)
+    mask = torch.full(delta.shape, density, dtype=torch.float32, device=delta.device)
+    torch.bernoulli(mask, generator=generator, out=mask)
+    before = delta.abs().sum() if rescale == "l1" else None
+    delta.mul_(mask)
+    del mask
     if rescale == "inverse":
-        return kept / density
-    if rescale == "l1":
-        before, after = delta.abs().sum(), kept.abs().sum()
-        return kept if before < 1e-7 or after < 1e-7 else kept * (before / after)
-    if rescale == "none":
-        return kept
-    raise ValueError(f"unknown DARE rescale '{rescale}' (inverse, l1 or none)")
+        return delta.div_(density)
+    if before is not None:
+        after = delta.abs().sum()
+        if before >= 1e-7 and after >= 1e-7:
+            delta.mul_(before / after)
+    return delta
 
 
-def elect_sign_mask(deltas: Tensor, consensus: str = "sum") -> Tensor:
-    """TIES sign election on weighted task vectors `deltas` [n, *shape] -> bool mask [n, *shape].
+def task_vectors(base: Tensor, tensors: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """(θ_base in the work dtype, task vectors τᵢ = θᵢ − θ_base stacked into one new [n, *shape] tensor)."""
+    dtype = _work_dtype(base)
+    base = base.to(dtype)
+    stacked = torch.empty((len(tensors), *base.shape), dtype=dtype, device=base.device)
+    for row, tensor in zip(stacked, tensors):
+        torch.sub(tensor.to(dtype), base, out=row)
+    return base, stacked
 
-    The elected sign γ = sign(Σᵢ δᵢ) ('sum', the paper's mass vote) or sign(Σᵢ sign δᵢ) ('count'),
-    with 0 counted as +. mᵢ = (sign δᵢ == γ); trimmed (zero) entries never agree.
+
+def elect_sign(deltas: Tensor, consensus: str = "sum") -> Tensor:
+    """TIES sign election over weighted task vectors `deltas` [n, *shape] -> γ ∈ {−1, +1} [*shape].
+
+    γ = sign(Σᵢ δᵢ) ('sum', the paper's mass vote) or sign(Σᵢ sign δᵢ) ('count'); a tie counts as +.
     """
     if consensus not in ("sum", "count"):
         raise ValueError(f"unknown TIES consensus '{consensus}' (sum or count)")
-    sign = deltas.sign()
-    vote = deltas.sum(dim=0) if consensus == "sum" else sign.sum(dim=0)
-    elected = (vote >= 0).to(deltas.dtype) * 2 - 1
-    return sign == elected
+    if consensus == "sum":
+        vote = deltas.sum(dim=0)
+    else:
+        vote = torch.zeros(deltas.shape[1:], dtype=deltas.dtype, device=deltas.device)
+        for row in deltas:
+            vote.add_(row.sign())
+    return vote.ge_(0).mul_(2).sub_(1)
 
 
-def combine_task_vectors(base: Tensor, deltas: list[Tensor], weight: Sequence[float], *, ties: bool,
+def combine_task_vectors(base: Tensor, deltas: Tensor, weight: Sequence[float], *, ties: bool,
                          consensus: str, normalize: bool, scale: float) -> Tensor:
-    """θ = θ_base + scale · Σᵢ mᵢ wᵢ δᵢ / D, the shared core of task arithmetic, TIES and DARE.
+    """θ = θ_base + scale · Σᵢ mᵢwᵢδᵢ / D, the shared core of task arithmetic, TIES and DARE.
 
-    mᵢ = 1 without TIES, else the sign-election mask of wᵢδᵢ. D = Σᵢ mᵢ wᵢ (per entry; 1 where 0)
-    when `normalize`, else 1. `deltas` hold n tensors shaped like `base`.
+    `deltas` [n, *shape] is consumed (scaled and masked in place). Without TIES mᵢ = 1 and
+    D = Σᵢ wᵢ; with TIES mᵢ = [sign(wᵢδᵢ) = γ] (zeros never agree) and D = Σᵢ mᵢwᵢ per entry.
+    D is used only with `normalize`; a zero D counts as 1.
     """
-    stacked = torch.stack(deltas)                                            # [n, *shape]
-    w = torch.tensor(list(weight), dtype=stacked.dtype).reshape(-1, *([1] * base.dim()))
-    stacked.mul_(w)
+    for row, w in zip(deltas, weight):
+        row.mul_(float(w))
     if ties:
-        mask = elect_sign_mask(stacked, consensus).to(stacked.dtype)
-        mixed = (stacked * mask).sum(dim=0)
-        divisor = (w * mask).sum(dim=0)
+        elected = elect_sign(deltas, consensus)
+        divisor = torch.zeros_like(base)
+        for row, w in zip(deltas, weight):
+            agree = row.sign().eq_(elected)                                # 1.0 where the signs agree
+            row.mul_(agree)
+            divisor.add_(agree, alpha=float(w))
+            del agree
+        del elected
         divisor[divisor == 0] = 1
     else:
-        mixed = stacked.sum(dim=0)
-        divisor = w.sum(dim=0)
-        divisor[divisor.abs() < 1e-8] = 1                                   # weights cancelling: no rescale
+        total = float(sum(weight))
+        divisor = total if abs(total) >= 1e-8 else 1.0                     # cancelling weights: no rescale
+    mixed = deltas.sum(dim=0)
     if normalize:
-        mixed = mixed / divisor
-    return base.to(stacked.dtype) + scale * mixed
-
-
-def _task_vectors(base: Tensor, tensors: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
-    dtype = _work_dtype(base)
-    base = base.to(dtype)
-    return base, [t.to(dtype) - base for t in tensors]
+        mixed.div_(divisor)
+    return mixed.mul_(scale).add_(base)
 
 
 # --- registered methods -------------------------------------------------------------------------
@@ -184,7 +207,7 @@ def task_arithmetic(base: Tensor, tensors: Sequence[Tensor], weight: Sequence[fl
 
     Editing models with task arithmetic, Ilharco et al., 2023 (arXiv:2212.04089).
     """
-    base, deltas = _task_vectors(base, tensors)
+    base, deltas = task_vectors(base, tensors)
     return combine_task_vectors(base, deltas, weight, ties=False, consensus="sum", normalize=normalize, scale=scale)
 
 
@@ -197,9 +220,10 @@ def ties(base: Tensor, tensors: Sequence[Tensor], weight: Sequence[float], densi
     θ = θ_base + scale · Σᵢ mᵢwᵢτᵢ / Σᵢ mᵢwᵢ with τᵢ = trim(θᵢ − θ_base) and mᵢ the agreement mask.
     Yadav et al., 2023 (arXiv:2306.01708).
     """
-    base, deltas = _task_vectors(base, tensors)
-    trimmed = [magnitude_trim(d, p) for d, p in zip(deltas, density)]
-    return combine_task_vectors(base, trimmed, weight, ties=True, consensus=consensus, normalize=normalize,
+    base, deltas = task_vectors(base, tensors)
+    for row, p in zip(deltas, density):
+        magnitude_trim_(row, p)
+    return combine_task_vectors(base, deltas, weight, ties=True, consensus=consensus, normalize=normalize,
                                 scale=scale)
 
 
@@ -212,9 +236,10 @@ def dare_linear(base: Tensor, tensors: Sequence[Tensor], weight: Sequence[float]
 
     Language models are Super Mario, Yu et al., 2023 (arXiv:2311.03099). See `random_drop`.
     """
-    base, deltas = _task_vectors(base, tensors)
-    dropped = [random_drop(d, p, rescale, generator) for d, p in zip(deltas, density)]
-    return combine_task_vectors(base, dropped, weight, ties=False, consensus="sum", normalize=normalize,
+    base, deltas = task_vectors(base, tensors)
+    for row, p in zip(deltas, density):
+        random_drop_(row, p, rescale, generator)
+    return combine_task_vectors(base, deltas, weight, ties=False, consensus="sum", normalize=normalize,
                                 scale=scale)
 
 
@@ -224,9 +249,10 @@ def dare_ties(base: Tensor, tensors: Sequence[Tensor], weight: Sequence[float], 
               normalize: bool = False, scale: float = 1.0, rescale: str = "inverse", consensus: str = "sum",
               generator: torch.Generator | None = None) -> Tensor:
     """DARE drop, then TIES sign election and disjoint merge of the surviving entries (arXiv:2311.03099)."""
-    base, deltas = _task_vectors(base, tensors)
-    dropped = [random_drop(d, p, rescale, generator) for d, p in zip(deltas, density)]
-    return combine_task_vectors(base, dropped, weight, ties=True, consensus=consensus, normalize=normalize,
+    base, deltas = task_vectors(base, tensors)
+    for row, p in zip(deltas, density):
+        random_drop_(row, p, rescale, generator)
+    return combine_task_vectors(base, deltas, weight, ties=True, consensus=consensus, normalize=normalize,
                                 scale=scale)
 
 
@@ -245,11 +271,11 @@ def slerp(base: Tensor, tensors: Sequence[Tensor], t: float = 0.5, dot_threshold
     n0, n1 = v0.norm(), v1.norm()
     n0 = torch.where(n0 > eps, n0, 1)
     n1 = torch.where(n1 > eps, n1, 1)
-    dot = ((v0 / n0) * (v1 / n1)).sum().clamp(-1, 1)
+    dot = (torch.dot(v0, v1) / (n0 * n1)).clamp(-1, 1)       # cosine without normalized copies
     t_ = torch.tensor(t, dtype=dtype)
     if dot.abs() > dot_threshold:
         a, b = 1 - t_, t_
     else:
         omega = torch.acos(dot)
         a, b = torch.sin((1 - t_) * omega) / torch.sin(omega), torch.sin(t_ * omega) / torch.sin(omega)
-    return (a * v0 + b * v1).reshape(base.shape)
+    return torch.mul(v0, a).addcmul_(v1, b).reshape(base.shape)

@@ -12,11 +12,11 @@ from polm.merge.methods import (
     MERGE_METHODS,
     dare_linear,
     dare_ties,
-    elect_sign_mask,
+    elect_sign,
     linear,
-    magnitude_trim,
+    magnitude_trim_,
     method_spec,
-    random_drop,
+    random_drop_,
     slerp,
     task_arithmetic,
     ties,
@@ -39,11 +39,11 @@ BASE = torch.full((3, 4), 0.5)
 
 def test_magnitude_trim_keeps_the_largest_half():
     for tau, expected in zip(TAU, TRIMMED):
-        torch.testing.assert_close(magnitude_trim(tau, 0.5), expected, rtol=0, atol=0)
-    first = TAU[0]
-    assert magnitude_trim(first, 1.0) is first
+        torch.testing.assert_close(magnitude_trim_(tau.clone(), 0.5), expected, rtol=0, atol=0)
+    first = TAU[0].clone()
+    assert magnitude_trim_(first, 1.0) is first and torch.equal(first, TAU[0])
     # k = max(1, floor(0.01 * 12)) = 1: only the 6.0 survives
-    assert magnitude_trim(TAU[0], 0.01).count_nonzero() == 1
+    assert magnitude_trim_(TAU[0].clone(), 0.01).count_nonzero() == 1
 
 
 def test_ties_sign_election_and_disjoint_mean_by_hand():
@@ -67,8 +67,9 @@ def test_ties_without_normalize_sums_the_agreeing_entries():
 
 def test_sign_election_count_differs_from_sum_where_mass_and_votes_disagree():
     # (0,2): trimmed 2.5, 0, -3 -> mass says -, the vote is 1:1 and 0 counts as +
-    assert elect_sign_mask(TRIMMED, "sum")[:, 0, 2].tolist() == [False, False, True]
-    assert elect_sign_mask(TRIMMED, "count")[:, 0, 2].tolist() == [True, False, False]
+    assert elect_sign(TRIMMED, "sum")[0, 2] == -1
+    assert elect_sign(TRIMMED, "count")[0, 2] == 1
+    assert elect_sign(TRIMMED, "sum")[1, 1] == elect_sign(TRIMMED, "count")[1, 1] == 1   # 6 vs -5; 1:1 vote
     merged = ties(BASE, list(BASE + TAU), weight=[1] * 3, density=[0.5] * 3, consensus="count")
     assert merged[0, 2] == pytest.approx(0.5 + 2.5)
 
@@ -103,22 +104,22 @@ def test_dare_inverse_rescale_keeps_the_expectation():
     delta = torch.linspace(-2, 3, 50)
     draws = delta.expand(20_000, 50).clone()        # 20k independent masks of the same task vector
     p = 0.3
-    kept = random_drop(draws, p, "inverse", torch.Generator().manual_seed(0))
+    kept = random_drop_(draws.clone(), p, "inverse", torch.Generator().manual_seed(0))
     # each entry: δ/p with probability p, else 0 -> mean δ, std |δ|·sqrt((1-p)/p/20000) ≈ 0.011|δ|
     assert (kept.mean(0) - delta).abs().le(0.06 * delta.abs() + 1e-6).all()
     assert (kept != 0).float().mean().item() == pytest.approx(p, abs=0.005)
-    unscaled = random_drop(draws, p, "none", torch.Generator().manual_seed(0))
+    unscaled = random_drop_(draws.clone(), p, "none", torch.Generator().manual_seed(0))
     assert (unscaled.mean(0) - p * delta).abs().le(0.02 * delta.abs() + 1e-6).all()
 
 
 def test_dare_l1_rescale_keeps_the_l1_norm_and_seeds_reproduce():
     delta = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
-    a = random_drop(delta, 0.4, "l1", torch.Generator().manual_seed(7))
-    b = random_drop(delta, 0.4, "l1", torch.Generator().manual_seed(7))
-    c = random_drop(delta, 0.4, "l1", torch.Generator().manual_seed(8))
+    a = random_drop_(delta.clone(), 0.4, "l1", torch.Generator().manual_seed(7))
+    b = random_drop_(delta.clone(), 0.4, "l1", torch.Generator().manual_seed(7))
+    c = random_drop_(delta.clone(), 0.4, "l1", torch.Generator().manual_seed(8))
     assert a.abs().sum().item() == pytest.approx(delta.abs().sum().item(), rel=1e-5)
     assert torch.equal(a, b) and not torch.equal(a, c)
-    assert random_drop(delta, 1.0) is delta
+    assert random_drop_(delta, 1.0) is delta
 
 
 def test_dare_at_full_density_is_task_arithmetic_and_ties():
@@ -159,3 +160,12 @@ def test_registry_holds_every_method_with_its_contract():
     with pytest.raises(PolmError, match="Did you mean 'ties'"):
         MERGE_METHODS.get("tie")
     assert MERGE_METHODS.get("polm.merge.methods:slerp") is slerp
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp", "linear"])
+def test_methods_leave_their_inputs_untouched(method):
+    fn = MERGE_METHODS.get(method)
+    base, models = BASE.clone(), [m.clone() for m in BASE + TAU]
+    kwargs = {k: [0.5] * 3 for k in fn.spec.per_input}
+    fn(base, models[:1] if method == "slerp" else models, **kwargs)
+    assert torch.equal(base, BASE) and all(torch.equal(m, e) for m, e in zip(models, BASE + TAU))
