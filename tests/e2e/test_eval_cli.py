@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,49 @@ def test_model_that_cannot_load(tmp_path):
     assert_one_line_error(proc, str(broken))
     proc = polm("eval", "--model", str(tmp_path / "missing"), "--task", "gsm8k", "--out", str(tmp_path / "o"))
     assert_one_line_error(proc, str(tmp_path / "missing"))
+
+
+class _Page(HTMLParser):
+    """Collects <img src> and table cells of the report."""
+
+    def __init__(self):
+        super().__init__()
+        self.images, self.cells, self._in_cell = [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        self._in_cell = tag == "td"
+
+    def handle_data(self, data):
+        if self._in_cell:
+            self.cells.append(data)
+
+
+def test_report_html_with_training_curves_and_eval_bars(tiny_model_dir, tmp_path):
+    from polm.eval.model import ModelAdapter
+    from polm.eval.runner import evaluate
+
+    run = tmp_path / "run"
+    rows = [{"step": s, "loss": 3.0 / s, "lr": 1e-3, "grad_norm": 0.5} for s in range(1, 11)]
+    rows += [{"step": s, "eval/gpqa-diamond/accuracy": s / 20} for s in (5, 10)]
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = evaluate(ModelAdapter.load(str(tiny_model_dir), chat="false"), ["gpqa-diamond"], limit=8,
+                      out_dir=run / "eval")
+    proc = polm("report", str(run))
+    assert proc.returncode == 0, proc.stderr
+    page = _Page()
+    page.feed((run / "report.html").read_text())
+    assert len(page.images) >= 5   # loss, lr, grad_norm, eval curves, metric bars, categories
+    for src in page.images:
+        png = run / src
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", src
+    acc = result["tasks"]["gpqa-diamond"]["metrics"]["accuracy"]
+    assert f"{acc['value']:.4g}" in page.cells and "8" in page.cells
+
+
+def test_report_of_a_missing_directory(tmp_path):
+    proc = polm("report", str(tmp_path / "nope"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("polm report: error: run directory") and len(proc.stderr.strip().splitlines()) == 1
