@@ -141,6 +141,8 @@ def test_bad_data_is_one_clear_line(case, tiny_model_dir, tmp_path, capsys):
     ("train.lr=fast", "expects float"),
     ("data.train=/nonexistent/data.jsonl", "does not exist"),
     ("model.name=/nonexistent/model", "not a local directory"),
+    ("model.name=no-such-org/no-such-model", "hub is offline"),
+    ("method=qlora", "needs a CUDA GPU"),
 ])
 def test_bad_config_is_one_clear_line(override, expected, tiny_model_dir, chat_file, tmp_path, capsys):
     out = tmp_path / "run"
