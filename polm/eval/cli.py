@@ -38,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="apply the tokenizer's chat template (auto: when it has one)")
     parser.add_argument("--out", default=None, help="output directory (default runs/eval-<time>)")
     parser.add_argument("--list-tasks", action="store_true", help="list the registered tasks and exit")
+    parser.add_argument("--judge", default=None,
+                        help="judge model: with exactly two --model, report A's pairwise win rate over B")
+    parser.add_argument("--judge-prompts", default=None,
+                        help="JSONL of prompts for the judge comparison ('prompt' or 'messages' per line)")
+    parser.add_argument("--rubric", default=None, help="the judge's rubric (default: helpful, correct, concise)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,9 +57,11 @@ def run(args: argparse.Namespace) -> int:
     settings = EvalSettings(mode=args.mode, num_fewshot=args.num_fewshot, samples=args.samples,
                             temperature=args.temperature, seed=args.seed, max_new_tokens=args.max_new_tokens)
     prepared = prepare(args.task, settings, args.limit)   # specs, modes and data checked before a model loads
+    prompts = _judge_prompts(args)
     out = Path(args.out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
-    results = [_evaluate_model(ref, args, settings, prepared, out) for ref in args.model]
-    summary = _summary(results, args, out)
+    results = [_evaluate_model(ref, args, settings, prepared, out) for ref in args.model] if prepared else []
+    judged = _judge(args, prompts, out) if prompts else None
+    summary = _summary(results, args, out, judged)
     print_tables(summary)
     print(f"results: {out / 'results.json'}")
     return 0
@@ -63,8 +70,11 @@ def run(args: argparse.Namespace) -> int:
 def _check_args(args: argparse.Namespace) -> None:
     if not args.model:
         raise PolmError("no model given", fix="Pass --model NAME_OR_DIR (repeat it to compare models).")
-    if not args.task:
-        raise PolmError("no task given", fix="Pass --task NAME (see `polm eval --list-tasks`).")
+    if not args.task and not args.judge:
+        raise PolmError("no task given", fix="Pass --task NAME (see `polm eval --list-tasks`) or --judge MODEL.")
+    if args.judge and (len(args.model) != 2 or not args.judge_prompts):
+        raise PolmError("--judge compares exactly two models on a prompt set",
+                        fix="Pass --model A --model B --judge JUDGE --judge-prompts prompts.jsonl.")
     for key in ("limit", "samples", "batch_size", "max_new_tokens"):
         value = getattr(args, key)
         if value is not None and value < 1:
@@ -84,15 +94,39 @@ def _evaluate_model(ref: str, args: argparse.Namespace, settings: EvalSettings, 
     return result
 
 
-def _summary(results: list[dict[str, Any]], args: argparse.Namespace, out: Path) -> dict[str, Any]:
+def _judge_prompts(args: argparse.Namespace) -> list | None:
+    if not args.judge:
+        return None
+    from polm.generate import read_prompts
+
+    return read_prompts(args.judge_prompts)[:args.limit]
+
+
+def _judge(args: argparse.Namespace, prompts: list, out: Path) -> dict[str, Any]:
+    from polm.eval.judge import DEFAULT_RUBRIC, pairwise_win_rate
+    from polm.eval.model import ModelAdapter
+    from polm.rundir import write_json
+
+    a, b, judge = (ModelAdapter.load(ref, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                                     chat=args.chat) for ref in (*args.model, args.judge))
+    result = pairwise_win_rate(a, b, judge, prompts, rubric=args.rubric or DEFAULT_RUBRIC,
+                               max_new_tokens=args.max_new_tokens or 256, seed=args.seed)
+    write_json(out / "judge.json", result)
+    return {k: v for k, v in result.items() if k != "records"}
+
+
+def _summary(results: list[dict[str, Any]], args: argparse.Namespace, out: Path,
+             judged: dict[str, Any] | None) -> dict[str, Any]:
     from polm.eval.runner import compare, without_records
     from polm.rundir import write_json
 
-    baseline = results[0]
-    summary = {"command": "polm eval", "models": [r["model"] for r in results], "tasks": args.task,
-               "limit": args.limit, "results": [without_records(r) for r in results],
-               "comparisons": [{"model_a": baseline["model"], "model_b": other["model"],
-                                "tasks": compare(baseline, other, seed=args.seed)} for other in results[1:]]}
+    summary: dict[str, Any] = {
+        "command": "polm eval", "models": args.model, "tasks": args.task, "limit": args.limit,
+        "results": [without_records(r) for r in results],
+        "comparisons": [{"model_a": results[0]["model"], "model_b": other["model"],
+                         "tasks": compare(results[0], other, seed=args.seed)} for other in results[1:]]}
+    if judged:
+        summary["judge"] = judged
     write_json(out / "results.json", summary)
     return summary
 
@@ -127,3 +161,8 @@ def print_tables(summary: dict[str, Any]) -> None:
             diff.add_row(name, d["metric"], f"{d['diff']:+.3f}", f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]",
                          str(d["n"]))
         console.print(diff)
+    if "judge" in summary:
+        j = summary["judge"]
+        console.print(f"judge {j['judge']}: win rate of {j['model_a']} over {j['model_b']} = {j['win_rate']:.3f} "
+                      f"[{j['ci_low']:.3f}, {j['ci_high']:.3f}] (n={j['n']}: {j['wins']} wins, {j['ties']} ties, "
+                      f"{j['losses']} losses; both orders agreed on {j['consistent']})")

@@ -27,6 +27,7 @@ class RunData:
     metrics: list[dict] = field(default_factory=list)           # metrics.jsonl lines
     entries: list[dict] = field(default_factory=list)           # eval entries (one model × task each)
     comparisons: list[dict] = field(default_factory=list)       # paired differences from polm eval
+    judgements: list[dict] = field(default_factory=list)        # LLM-judge win rates from polm eval
 
 
 def read_run(path: Path) -> RunData:
@@ -43,10 +44,11 @@ def read_run(path: Path) -> RunData:
             summary = _read_json(results)
             run.entries += [e for r in summary.get("results", []) for e in r.get("tasks", {}).values()]
             run.comparisons += summary.get("comparisons", [])
+            run.judgements += [summary["judge"]] if "judge" in summary else []
     if not run.entries:
         run.entries = [e for e in map(_read_json, sorted((path / "eval").glob("*.json")))
                        if isinstance(e, dict) and "metrics" in e and "task" in e]
-    if not run.metrics and not run.entries:
+    if not run.metrics and not run.entries and not run.judgements:
         raise PolmError(f"'{path}' holds neither metrics.jsonl nor evaluation results",
                         fix="Point at a training run directory or a `polm eval --out` directory.")
     return run
@@ -155,6 +157,9 @@ def build_report(run_dirs: list[Path], out: Path) -> Path:
     comparisons = [c for run in runs for c in run.comparisons]
     if comparisons:
         body.append(_comparison_section(comparisons))
+    judgements = [j for run in runs for j in run.judgements]
+    if judgements:
+        body.append(_judge_section(judgements))
     path = out / "report.html"
     tmp = path.with_name(".report.html.tmp")
     tmp.write_text(_PAGE.format(body="\n".join(b for b in body if b)), encoding="utf-8")
@@ -207,6 +212,14 @@ def _comparison_section(comparisons: list[dict]) -> str:
             for c in comparisons for task, d in c["tasks"].items()]
     note = "<p>Paired bootstrap over the same items; an interval that excludes 0 is a real difference.</p>"
     return "<h2>Paired differences</h2>" + note + _table(["models", "task", "metric", "difference", "95% CI", "n"], rows)
+
+
+def _judge_section(judgements: list[dict]) -> str:
+    rows = [[j["model_a"], j["model_b"], j["judge"], f"{j['win_rate']:.3f}", f"[{j['ci_low']:.3f}, {j['ci_high']:.3f}]",
+             f"{j['wins']}/{j['ties']}/{j['losses']}", f"{j['consistent']}/{j['n']}"] for j in judgements]
+    note = ("<p>Each pair judged in both orders; win rate counts a tie (or disagreeing orders) as 0.5.</p>")
+    return "<h2>LLM-as-judge</h2>" + note + _table(
+        ["model A", "model B", "judge", "A win rate", "95% CI", "wins/ties/losses", "orders agree"], rows)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

@@ -146,3 +146,21 @@ def test_report_of_a_missing_directory(tmp_path):
     proc = polm("report", str(tmp_path / "nope"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("polm report: error: run directory") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_judge_win_rate_through_the_cli(tiny_model_dir, second_model_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["What is 12 + 7?", "hello", "thanks"]))
+    out = tmp_path / "judged"
+    proc = polm("eval", "--model", str(tiny_model_dir), "--model", str(second_model_dir), "--judge",
+                str(tiny_model_dir), "--judge-prompts", str(prompts), "--max-new-tokens", "4", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "win rate" in proc.stdout
+    judged = json.loads((out / "judge.json").read_text())
+    assert judged["n"] == 3 and judged["wins"] + judged["ties"] + judged["losses"] == 3
+    assert judged["win_rate"] == pytest.approx(sum(r["score_a"] for r in judged["records"]) / 3)
+    assert all(r["verdict_a_first"] in ("A", "B", "tie") and r["verdict_b_first"] in ("A", "B", "tie")
+               for r in judged["records"])
+    assert json.loads((out / "results.json").read_text())["judge"]["win_rate"] == judged["win_rate"]
+    assert polm("report", str(out)).returncode == 0
+    assert "LLM-as-judge" in (out / "report.html").read_text()
