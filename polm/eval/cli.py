@@ -2,6 +2,7 @@
 
     polm eval --model smollm2-135m-instruct --task gsm8k --task arith:chain_sum --limit 50
     polm eval --model base --model runs/sft/final --task gpqa-diamond --mode few-shot --out runs/eval-ab
+    polm eval --config configs/eval_smollm2.yaml --limit 20
 
 Writes OUT/results.json (metrics with 95% CIs and n per model and task, plus paired differences
 B − A when two or more models are given) and OUT/<model>/<task>.json with the per-item records.
@@ -11,14 +12,40 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from polm.errors import PolmError
 from polm.eval.tasks import MODES, EvalSettings
 
 
+@dataclass
+class EvalConfig:
+    """`polm eval --config FILE`: the same settings as the flags (flags given on the command line win;
+    --model and --task add to the file's lists)."""
+
+    models: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+    limit: int | None = None
+    mode: Literal["zero-shot", "few-shot", "cot", "self-consistency"] = "zero-shot"
+    num_fewshot: int = 3
+    samples: int = 5
+    temperature: float = 0.7
+    seed: int = 1234
+    max_new_tokens: int | None = None
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    chat: Literal["auto", "true", "false"] = "auto"
+    out: str | None = None
+    judge: str | None = None
+    judge_prompts: str | None = None
+    rubric: str | None = None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="YAML with these settings (see configs/eval_*.yaml)")
     parser.add_argument("--model", action="append", default=[],
                         help="embedded name, local (adapter) directory or hub id; repeat to compare models")
     parser.add_argument("--task", action="append", default=[],
@@ -53,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
         print("\n".join(task_names()))
         return 0
+    if args.config:
+        _apply_config(args)
     _check_args(args)
     settings = EvalSettings(mode=args.mode, num_fewshot=args.num_fewshot, samples=args.samples,
                             temperature=args.temperature, seed=args.seed, max_new_tokens=args.max_new_tokens)
@@ -65,6 +94,19 @@ def run(args: argparse.Namespace) -> int:
     print_tables(summary)
     print(f"results: {out / 'results.json'}")
     return 0
+
+
+def _apply_config(args: argparse.Namespace) -> None:
+    """Fill every flag left at its default from the config file; lists are the file's plus the flags'."""
+    from polm.config import load_config
+
+    cfg = load_config(EvalConfig, args.config)
+    defaults = EvalConfig()
+    args.model = cfg.models + args.model
+    args.task = cfg.tasks + args.task
+    for f in fields(EvalConfig):
+        if f.name not in ("models", "tasks") and getattr(args, f.name) == getattr(defaults, f.name):
+            setattr(args, f.name, getattr(cfg, f.name))
 
 
 def _check_args(args: argparse.Namespace) -> None:
