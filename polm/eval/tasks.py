@@ -186,6 +186,7 @@ def _register_builtins() -> None:
     if not _BUILTINS_LOADED:
         import polm.eval.builtin_tasks  # noqa: F401
         import polm.eval.code  # noqa: F401
+        import polm.eval.lmeval  # noqa: F401
 
         _BUILTINS_LOADED = True
 
