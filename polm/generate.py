@@ -126,7 +126,7 @@ def read_prompts(path: str) -> list:
     from polm.data.loaders import load_records
 
     prompts = []
-    for rec in load_records(path, allowed={"messages", "prompt_completion", "text"}, require_targets=False).records:
+    for rec in load_records(path, require_targets=False).records:
         if "messages" in rec:
             msgs = rec["messages"]
             prompts.append(msgs[:-1] if msgs and msgs[-1]["role"] == "assistant" else msgs)
