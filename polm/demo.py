@@ -34,12 +34,18 @@ class DemoConfig:
         "arith:basic_arithmetic?n=100&seed=1234&min_terms=2&max_terms=2&min_digits=1&max_digits=2",
         "arith:chain_sum?n=100&seed=1234&min_terms=2&max_terms=3&min_digits=1&max_digits=2",
     ])
-    train_per_task: int = 1000        # generated training problems per eval task (seed train_seed)
+    train_per_task: int = 750         # generated training problems per eval task (seed train_seed)
     train_seed: int = 0               # never the test seed
     eval_batch_size: int = 50
     eval_max_new_tokens: int = 64
     sft: SFTConfig = field(default_factory=SFTConfig)
     overwrite: bool = False
+
+    def validate(self) -> None:
+        for spec in self.eval_tasks:
+            if f"seed={self.train_seed}&" in spec + "&":
+                raise PolmError(f"train_seed={self.train_seed} is also the test seed of eval task '{spec}'",
+                                fix="Training problems must come from a different seed than the held-out set.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
