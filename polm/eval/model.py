@@ -131,14 +131,16 @@ class ModelAdapter:
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, row in enumerate(rows):
             groups.setdefault(tuple(row.context), []).append(i)
-        rest = []
-        for context, idx in groups.items():
-            # Several continuations of one context (multiple choice): read the context once.
-            if len(idx) > 1 and len(context) + max(len(rows[i].continuation) for i in idx) <= self.max_length:
-                for i, result in zip(idx, self._score_shared_context([rows[i] for i in idx])):
-                    out[i] = result
-            else:
-                rest += idx
+        # Several continuations of one context (multiple choice): read the context once.
+        shared = [idx for ctx, idx in groups.items()
+                  if len(idx) > 1 and len(ctx) + max(len(rows[i].continuation) for i in idx) <= self.max_length]
+        rest = [i for idx in groups.values() if idx not in shared for i in idx]
+        shared.sort(key=lambda idx: -len(rows[idx[0]].context))
+        for start in range(0, len(shared), self.batch_size):
+            chunk = shared[start:start + self.batch_size]
+            flat = [i for idx in chunk for i in idx]
+            for i, result in zip(flat, self._score_shared_contexts([[rows[i] for i in idx] for idx in chunk])):
+                out[i] = result
         # Longest first: batches hold similar lengths, and an out-of-memory shows on the first batch.
         rest.sort(key=lambda i: -(len(rows[i].context) + len(rows[i].continuation)))
         for start in range(0, len(rest), self.batch_size):
@@ -147,28 +149,36 @@ class ModelAdapter:
                 out[i] = result
         return out
 
-    def _score_shared_context(self, rows: list[_Row]) -> list[tuple[float, bool]]:
-        """G continuations of one context: one forward over the context with the KV cache, then the
-        G continuations (right-padded, [G, K-1]) on the cache repeated G times. Same numbers as
-        scoring each (context + continuation) alone, at ~1/G of the context compute."""
-        conts = [r.continuation for r in rows]
-        n_ctx, width, k = len(rows[0].context), len(rows), max(len(c) for c in conts)
-        ctx_out = self.model(input_ids=torch.tensor([rows[0].context], device=self.device), use_cache=True,
-                             logits_to_keep=1)
-        first = ctx_out.logits[:, -1:].float().cpu().expand(width, 1, -1)             # [G,1,V]
-        logits = first
+    def _score_shared_contexts(self, groups: list[list[_Row]]) -> list[tuple[float, bool]]:
+        """B groups, each = continuations of one context. One forward over the B contexts (left-padded,
+        KV cache kept), then all N = Σ|group| continuations (right-padded, [N, K-1]) on the cache rows
+        of their context. Same numbers as scoring each context + continuation alone, with the context
+        read once instead of once per continuation."""
+        width = max(len(g[0].context) for g in groups)
+        ids = torch.tensor([[self._pad_id()] * (width - len(g[0].context)) + g[0].context for g in groups])
+        ctx_mask = torch.tensor([[0] * (width - len(g[0].context)) + [1] * len(g[0].context) for g in groups])
+        positions = (ctx_mask.cumsum(-1) - 1).clamp(min=0)
+        first_out = self.model(input_ids=ids.to(self.device), attention_mask=ctx_mask.to(self.device),
+                               position_ids=positions.to(self.device), use_cache=True, logits_to_keep=1)
+        owner = torch.tensor([b for b, g in enumerate(groups) for _ in g])         # row -> its context
+        conts = [r.continuation for g in groups for r in g]
+        k = max(len(c) for c in conts)
+        logits = first_out.logits[:, -1:].float().cpu()[owner]                     # [N,1,V]
         if k > 1:
-            pad = self.tokenizer.pad_token_id or 0
-            feed = torch.tensor([c[:-1] + [pad] * (k - len(c)) for c in conts], device=self.device)
-            mask = torch.tensor([[1] * (n_ctx + len(c) - 1) + [0] * (k - len(c)) for c in conts],
-                                device=self.device)
-            cache = ctx_out.past_key_values
-            cache.batch_repeat_interleave(width)
-            positions = torch.arange(n_ctx, n_ctx + k - 1, device=self.device).expand(width, -1)
-            rest = self.model(input_ids=feed, attention_mask=mask, position_ids=positions, past_key_values=cache)
-            logits = torch.cat([first, rest.logits.float().cpu()], dim=1)              # [G,K,V]
-        targets = torch.tensor([c + [-100] * (k - len(c)) for c in conts])            # [G,K]
+            cache = first_out.past_key_values
+            cache.batch_select_indices(owner.to(self.device))
+            feed = torch.tensor([c[:-1] + [self._pad_id()] * (k - len(c)) for c in conts])
+            cont_mask = torch.tensor([[1] * (len(c) - 1) + [0] * (k - len(c)) for c in conts])
+            mask = torch.cat([ctx_mask[owner], cont_mask], dim=1)
+            start = ctx_mask.sum(-1)[owner][:, None]                               # real context length
+            rest = self.model(input_ids=feed.to(self.device), attention_mask=mask.to(self.device),
+                              position_ids=(start + torch.arange(k - 1)).to(self.device), past_key_values=cache)
+            logits = torch.cat([logits, rest.logits.float().cpu()], dim=1)          # [N,K,V]
+        targets = torch.tensor([c + [-100] * (k - len(c)) for c in conts])         # [N,K]
         return self._reduce(logits, targets)
+
+    def _pad_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     def _score_batch(self, rows: list[_Row]) -> list[tuple[float, bool]]:
         """Left-pad so every continuation ends at the last position; then only the last K positions'
@@ -200,7 +210,7 @@ class ModelAdapter:
             seqs.append(full)
             labels.append([-100] * (len(full) - n_cont) + full[len(full) - n_cont:])
         width = max(len(s) for s in seqs)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad = self._pad_id()
         ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs])
         lab = torch.tensor([[-100] * (width - len(s)) + lb for s, lb in zip(seqs, labels)])
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])

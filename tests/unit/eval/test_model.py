@@ -56,6 +56,17 @@ def test_shared_context_scoring_equals_hand_sums(tiny_llama, tiny_tokenizer):
         assert lp == pytest.approx(want_lp, abs=1e-4) and greedy == want_greedy
 
 
+def test_shared_contexts_of_different_lengths_in_one_batch(tiny_llama, tiny_tokenizer):
+    # Two contexts (left-padded against each other) with three continuations each, plus a lone
+    # request that takes the ordinary path.
+    requests = [(ctx, cont) for ctx in ("Paris", "You are a helpful assistant. What is 12 + 7?")
+                for cont in (" is", " The answer is 19.", " 7")] + [("hello", " world")]
+    got = ModelAdapter(tiny_llama, tiny_tokenizer, batch_size=4).loglikelihood(requests)
+    for (ctx, cont), (lp, greedy) in zip(requests, got):
+        want_lp, want_greedy = hand_loglikelihood(tiny_llama, tiny_tokenizer, ctx, cont)
+        assert lp == pytest.approx(want_lp, abs=1e-4) and greedy == want_greedy
+
+
 def test_greedy_flag_follows_the_argmax(tiny_llama, tiny_tokenizer):
     adapter = ModelAdapter(tiny_llama, tiny_tokenizer)
     ids = tiny_tokenizer("What is", add_special_tokens=False)["input_ids"]
