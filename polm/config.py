@@ -94,7 +94,9 @@ def _parse_override(item: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
-        value = raw
+        text = raw.strip()
+        # PyYAML rejects `[a:b?x=1, c]` (colons in flow lists); read it as a plain comma list.
+        value = [v.strip() for v in text[1:-1].split(",") if v.strip()] if text[:1] + text[-1:] == "[]" else raw
     return key.strip(), value
 
 
