@@ -15,6 +15,11 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("polm.demo", "the main job: arithmetic accuracy of SmolLM2 before and after LoRA SFT"),
     "sft": ("polm.recipes.sft", "supervised fine-tuning: full / LoRA / DoRA / QLoRA, chat or plain text"),
+    "rm": ("polm.recipes.reward", "train a reward model (Bradley-Terry) on preference pairs"),
+    "dpo": ("polm.recipes.dpo", "preference optimisation: DPO, IPO, cDPO, robust, hinge, KTO, ORPO, SimPO, CPO"),
+    "grpo": ("polm.recipes.grpo", "RL with verifiable rewards: GRPO, Dr. GRPO, DAPO, RLOO, REINFORCE++"),
+    "ppo": ("polm.recipes.ppo", "PPO-based RLHF with a value head and a reward model or verifier"),
+    "data": ("polm.data.cli", "build datasets: preference pairs from verifiers, references or a judge"),
     "generate": ("polm.generate", "batched generation from a model or adapter"),
     "chat": ("polm.chat", "interactive chat with a model or adapter"),
     "export": ("polm.export", "merge an adapter into its base and write a standalone model"),

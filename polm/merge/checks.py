@@ -6,6 +6,8 @@ or token), so the user knows which ingredient is wrong without reading tensors.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +71,36 @@ def load_vocab(path: Path, label: str) -> dict[str, int]:
                         where=label, fix="Restore its tokenizer files from the original model.") from None
 
 
+def vocabulary_fingerprint(path: Path) -> str:
+    """sha256 of the files that define token ids; equal fingerprints mean equal vocabularies."""
+    digest = hashlib.sha256()
+    for name in ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json"):
+        if (path / name).is_file():
+            digest.update(name.encode() + (path / name).read_bytes())
+    config = path / "tokenizer_config.json"
+    if config.is_file():
+        try:
+            added = json.loads(config.read_text()).get("added_tokens_decoder")
+        except json.JSONDecodeError:
+            added = config.read_text()
+        digest.update(json.dumps(added, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
 def check_vocabularies(tokenizers: list[tuple[str, Path]]) -> None:
-    """Every tokenizer maps the same tokens to the same ids as the first one."""
+    """Every tokenizer maps the same tokens to the same ids as the first one.
+
+    Tokenizers whose id-defining files are byte-identical to the first one's are not loaded.
+    """
     if len(tokenizers) < 2:
         return
     ref_label, ref_path = tokenizers[0]
+    ref_print = vocabulary_fingerprint(ref_path)
+    others = [(label, path) for label, path in tokenizers[1:] if vocabulary_fingerprint(path) != ref_print]
+    if not others:
+        return
     ref = load_vocab(ref_path, ref_label)
-    for label, path in tokenizers[1:]:
+    for label, path in others:
         vocab = load_vocab(path, label)
         if len(vocab) != len(ref):
             raise PolmError(f"the vocabularies differ: {len(vocab)} tokens here but {len(ref)} in {ref_label}",

@@ -78,22 +78,33 @@ def _work_dtype(t: Tensor) -> torch.dtype:
 def magnitude_trim_(delta: Tensor, density: float) -> Tensor:
     """In place: keep the k = max(1, ⌊density·n⌋) entries of largest |δ|, zero the rest (TIES "trim").
 
-    Entries tied with the k-th largest magnitude are all kept; density ≥ 1 leaves δ unchanged.
-    On CPU the threshold comes from numpy's in-place partition of one |δ| copy, so the scratch is one
-    tensor (torch.kthvalue would add an int64 index tensor, twice the size of δ).
+    Exactly k survive: among entries tied with the k-th largest magnitude the lowest positions win
+    (mergekit leaves that choice to torch's unstable argsort, so on tied weights, common in
+    dequantized checkpoints, the two tools may keep different ones of the tied entries).
+    density ≥ 1 leaves δ unchanged. On CPU the threshold comes from numpy's in-place partition
+    of one |δ| copy: the scratch is one tensor, not the int64 indices of an argsort.
     """
     if density >= 1:
         return delta
     magnitude = delta.abs().reshape(-1)
-    kth = magnitude.numel() - max(1, int(density * magnitude.numel()))     # 0-based rank of the threshold
-    if magnitude.device.type == "cpu":
-        values = magnitude.numpy()
-        values.partition(kth)
-        threshold = float(values[kth])
-    else:
-        threshold = float(magnitude.kthvalue(kth + 1).values)
+    k = max(1, int(density * magnitude.numel()))
+    threshold = _kth_largest(magnitude, k)
+    magnitude = delta.abs().reshape(-1)                                # the partition reordered the copy
+    keep = magnitude > threshold
+    missing = k - int(keep.sum())
+    if missing > 0 and threshold > 0:                                  # tied zeros change nothing
+        keep[(magnitude == threshold).nonzero().reshape(-1)[:missing]] = True
     del magnitude
-    return delta.mul_(delta.abs() >= threshold)
+    return delta.mul_(keep.reshape(delta.shape))
+
+
+def _kth_largest(values: Tensor, k: int) -> float:
+    """The k-th largest entry of a 1-d tensor, which may be reordered."""
+    if values.device.type == "cpu":
+        array = values.numpy()
+        array.partition(values.numel() - k)
+        return float(array[values.numel() - k])
+    return float(values.kthvalue(values.numel() - k + 1).values)
 
 
 def random_drop_(delta: Tensor, density: float, rescale: str = "inverse",

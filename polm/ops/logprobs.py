@@ -100,26 +100,42 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, chunk_size: int 
 
 
 def _ce_chunk(h: torch.Tensor, weight: torch.Tensor, t: torch.Tensor):
-    """Loss sum and dloss/dlogits (at least fp32) of one chunk.  h [c,H], weight [V,H], t [c]."""
+    """Loss sum and dloss/dlogits (at least fp32) of one chunk of rows that ALL have a target.
+
+    h [c,H], weight [V,H], t [c] (no -100: callers drop those rows first). With z = h @ weightᵀ and
+    m = max z: CE = m + log Σ exp(z - m) - z[t], and d CE / dz = softmax(z) - onehot(t). exp(z - m) is
+    computed in place in the logits buffer and divided by its sum to become the softmax, so a chunk
+    costs ONE [c,V] buffer (logsumexp would allocate a second one for its exp).
+    """
     logits = h @ weight.T
     logits = logits.to(_acc(logits.dtype))
-    valid = t != IGNORE_INDEX
-    safe = torch.where(valid, t, 0)
-    lse = logits.logsumexp(-1)
-    picked = logits.gather(-1, safe[:, None]).squeeze(-1)
-    loss = torch.where(valid, lse - picked, 0.0).sum()
-    # d CE / d logits = softmax - onehot, zero on ignored rows; in place: one [c,V] buffer per chunk
-    grad = logits.sub_(lse[:, None]).exp_()
-    grad[torch.arange(len(t), device=t.device), safe] -= 1.0
-    grad.mul_(valid[:, None])
+    picked = logits.gather(-1, t[:, None]).squeeze(-1)
+    top = logits.amax(-1, keepdim=True)
+    grad = logits.sub_(top).exp_()
+    total = grad.sum(-1, keepdim=True)
+    loss = (top.squeeze(-1) + total.squeeze(-1).log() - picked).sum()
+    grad.div_(total)
+    grad[torch.arange(len(t), device=t.device), t] -= 1.0
     return loss, grad
+
+
+def _target_rows(t: torch.Tensor) -> torch.Tensor | None:
+    """Indices of the rows that have a target, or None when every row has one (nothing to skip).
+
+    Prompt, padding and packing-boundary rows carry no loss, so the vocabulary projection (the
+    largest matmul of a small model) is computed only for the others.
+    """
+    valid = t != IGNORE_INDEX
+    return None if bool(valid.all()) else valid.nonzero().squeeze(1)
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
     """Σ CE(hidden @ weightᵀ, targets) without the full [N,V] logits (as Liger's fused linear CE).
 
-    Forward walks chunks of rows and computes the loss AND the gradients for hidden [N,H] and
-    weight [V,H] at once; it saves only those gradients, and backward scales them by grad_output.
+    Forward keeps only the rows that have a target (prompt, padding and packing-boundary rows get a
+    zero gradient without being projected), walks them in chunks and computes the loss AND the
+    gradients for hidden [N,H] and weight [V,H] at once; it saves only those gradients, and backward
+    scales them by grad_output.
     """
 
     @staticmethod
@@ -130,13 +146,19 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         acc = _acc(torch.promote_types(hidden.dtype, weight.dtype))
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if want_w else None
         loss = torch.zeros((), dtype=acc, device=hidden.device)
-        for i, j in _row_chunks(h.shape[0], chunk_size):
-            chunk_loss, g = _ce_chunk(h[i:j], weight, t[i:j])
+        rows = _target_rows(t)
+        kept_h, kept_t = (h, t) if rows is None else (h.index_select(0, rows), t.index_select(0, rows))
+        for i, j in _row_chunks(kept_h.shape[0], chunk_size):
+            chunk_loss, g = _ce_chunk(kept_h[i:j], weight, kept_t[i:j])
             loss += chunk_loss
             if want_h:
-                grad_h[i:j] = (g.to(weight.dtype) @ weight).to(h.dtype)
+                g_h = (g.to(weight.dtype) @ weight).to(h.dtype)
+                if rows is None:
+                    grad_h[i:j] = g_h
+                else:  # rows without a target keep a zero gradient
+                    grad_h.index_copy_(0, rows[i:j], g_h)
             if want_w:
-                grad_w.addmm_(g.T.to(acc), h[i:j].to(acc))
+                grad_w.addmm_(g.T, kept_h[i:j].to(acc))
         ctx.save_for_backward(
             grad_h.view(hidden.shape) if want_h else None,
             grad_w.to(weight.dtype) if want_w else None,
@@ -164,6 +186,9 @@ def chunked_cross_entropy(
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _ChunkedCrossEntropy.apply(hidden, weight, targets, chunk_size)
     h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    rows = _target_rows(t)
+    if rows is not None:
+        h, t = h.index_select(0, rows), t.index_select(0, rows)
     total = torch.zeros((), dtype=_acc(torch.promote_types(hidden.dtype, weight.dtype)), device=hidden.device)
     for i, j in _row_chunks(h.shape[0], chunk_size):
         total += _ce_chunk(h[i:j], weight, t[i:j])[0]

@@ -46,6 +46,14 @@ def test_magnitude_trim_keeps_the_largest_half():
     assert magnitude_trim_(TAU[0].clone(), 0.01).count_nonzero() == 1
 
 
+def test_magnitude_trim_keeps_exactly_k_and_breaks_ties_by_position():
+    delta = torch.tensor([0.5, -2.0, 1.0, -1.0, 3.0, 1.0, 0.0, -1.0])
+    # k = 4 of 8: 3 and -2 are above the cut at 1.0; three entries tie at |1.0|, the first two win
+    assert magnitude_trim_(delta.clone(), 0.5).tolist() == [0.0, -2.0, 1.0, -1.0, 3.0, 0.0, 0.0, 0.0]
+    # k = 7: the cut is 0; zeros may stay in or out, the result is the same
+    assert magnitude_trim_(delta.clone(), 7 / 8).tolist() == delta.tolist()
+
+
 def test_ties_sign_election_and_disjoint_mean_by_hand():
     """Entry by entry, γ = sign(Σ trimmed), mean over the vectors whose sign agrees with γ:
     (0,0): 4,-2,0 -> + -> 4          (0,1): 0,3,2 -> + -> (3+2)/2 = 2.5
