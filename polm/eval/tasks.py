@@ -7,7 +7,6 @@ user plug-in `package.module:factory?...`, or a small YAML file describing a JSO
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,32 +103,12 @@ class Task:
 
 # --- task specs -------------------------------------------------------------------------------
 
-def parse_value(text: str) -> Any:
-    """Query values: ints, floats and booleans when they look like one, else the string."""
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            value = cast(text)
-        except ValueError:
-            continue
-        if not (isinstance(value, float) and not math.isfinite(value)):
-            return value
-    return text
-
-
 def split_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """'name?a=1&b=x' → ('name', {'a': 1, 'b': 'x'})."""
+    """'name?a=1&b=x' → ('name', {'a': 1, 'b': 'x'}); values typed as in builtin: references."""
+    from polm.data.builtin import parse_query
+
     base, _, query = spec.partition("?")
-    args: dict[str, Any] = {}
-    for part in filter(None, query.split("&")):
-        key, eq, value = part.partition("=")
-        if not eq or not key:
-            raise PolmError(f"task argument '{part}' in '{spec}' is not key=value",
-                            fix="Write task arguments as name?key=value&key2=value2.")
-        args[key] = parse_value(value)
-    return base, args
+    return base, parse_query(query, where=f"task '{spec}'")
 
 
 def get_task(spec: str) -> Task:
