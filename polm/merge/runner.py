@@ -94,7 +94,12 @@ def _download(repo_id: str, label: str) -> Path:
 
 
 def open_input(ref: str, label: str, parameters: dict[str, Any], base: Input | None) -> Input:
-    """A full model (its safetensors) or a LoRA adapter folded into `base` (else into its recorded base)."""
+    """A full model (its safetensors) or a LoRA adapter folded into the base's pretrained weights.
+
+    Without a merge base an adapter goes onto the base it records. When the merge base is itself an
+    adapter (e.g. SLERP between two fine-tunes), the others are folded into that adapter's own base,
+    never stacked on top of it.
+    """
     path = locate(ref, label)
     if not (path / "adapter_config.json").is_file():
         return Input(ref, label, path, "model", Checkpoint(path, label), parameters, path)
@@ -104,7 +109,8 @@ def open_input(ref: str, label: str, parameters: dict[str, Any], base: Input | N
             raise PolmError("this adapter does not record its base model", where=label,
                             fix="Set base: to the model it was trained on.")
         base = open_input(recorded, f"{label} (its base '{recorded}')", {}, None)
-    return Input(ref, label, path, "adapter", AdapterApplied(base.source, path, label), parameters, base.model_dir)
+    pretrained = base.source.base if isinstance(base.source, AdapterApplied) else base.source
+    return Input(ref, label, path, "adapter", AdapterApplied(pretrained, path, label), parameters, base.model_dir)
 
 
 def build_plan(cfg: MergeConfig) -> MergePlan:

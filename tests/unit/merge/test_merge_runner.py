@@ -179,3 +179,14 @@ def test_existing_output_needs_overwrite(tmp_path, models):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     with pytest.raises(PolmError, match="is one of the inputs"):
         run_merge(_cfg(models[0], method="linear", models=[str(models[0])], overwrite=True))
+
+
+def test_slerp_between_two_adapters_folds_each_into_the_pretrained_base(tmp_path, models):
+    a = save_adapter(tmp_path / "a", models[0], seed=6, target_modules=["q_proj"])
+    b = save_adapter(tmp_path / "b", models[0], seed=7, target_modules=["q_proj"])
+    out = run_merge(_cfg(tmp_path / "s", method="slerp", base=str(a), models=[str(b)], parameters={"t": 1.0},
+                         tokenizer=str(models[0])))
+    # t = 1 is the second model alone: adapter b on the pretrained base, not on top of adapter a
+    expected = merged_with_peft(models[0], b)
+    for name, tensor in load_weights(out).items():
+        torch.testing.assert_close(tensor, expected[name], rtol=1e-5, atol=1e-6)
