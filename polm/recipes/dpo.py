@@ -1,0 +1,277 @@
+"""Preference optimisation on the shared loop: DPO and its family, KTO, and the reference-free ORPO,
+SimPO and CPO.
+
+    polm dpo configs/dpo.yaml
+    polm dpo configs/dpo.yaml loss=ipo beta=0.5
+    polm dpo configs/dpo.yaml loss=kto                 # paired data is split into good/bad examples
+    polm dpo configs/dpo.yaml reference.mode=precompute
+
+Per pair, the policy's (and reference's) summed log-probs of the chosen and rejected completions
+(prompt tokens excluded) go to a registered loss in polm.losses.preference; the loop divides the
+summed loss by the number of pairs. Papers: DPO (Rafailov et al. 2023), IPO (Azar et al. 2023),
+cDPO (Mitchell 2023), robust DPO (Chowdhury et al. 2024), SLiC hinge (Zhao et al. 2023), KTO
+(Ethayarajh et al. 2024), ORPO (Hong et al. 2024), SimPO (Meng et al. 2024), CPO (Xu et al. 2024).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from polm.data.collate import pack_collate, pad_collate
+from polm.data.loaders import summarize_skips
+from polm.data.preferences import encode_pairs, encode_unpaired, load_preferences, mismatched
+from polm.errors import PolmError
+from polm.losses import PREFERENCE_LOSSES, PairLogps, UnpairedLogps
+from polm.models import LoraConfig, ModelConfig, attach_adapter, load_model, load_tokenizer
+from polm.models.load import resolve_path
+from polm.models.reference import (
+    Reference,
+    cache_key,
+    cached_reference_logps,
+    completion_logps,
+    model_fingerprint,
+    reference_pass,
+)
+from polm.models.save import save_pretrained_atomic
+from polm.recipes.common import add_config_arguments, config_from_args
+from polm.rundir import check_output_dir, records_sha256, run_directory
+from polm.train.batches import BatchStream
+from polm.train.config import TrainConfig
+from polm.train.loop import StepOutput, train
+from polm.train.plots import plot_metrics
+
+LOSS_PARAMS = ("beta", "label_smoothing", "gamma", "sft_weight", "desirable_weight", "undesirable_weight")
+
+
+@dataclass
+class DPOData:
+    train: str = "runs/data/arith_pairs.jsonl"
+    eval: str | None = None
+    eval_fraction: float = 0.0
+    max_length: int = 512
+    packing: bool = True              # chosen + rejected (+ KL samples) of a micro-batch in one padding-free row
+    chat: bool = True
+    skip_invalid: bool = False        # count and skip malformed / identical pairs instead of stopping
+
+
+@dataclass
+class ReferenceConfig:
+    mode: Literal["auto", "adapter", "copy", "precompute"] = "auto"   # auto: adapter for LoRA, copy for full
+    cache_dir: str = "runs/.reference-cache"
+    batch_size: int = 8               # sequences per forward in the precompute pass
+
+
+@dataclass
+class DPOConfig:
+    output_dir: str = "runs/dpo"
+    loss: str = "dpo"                 # dpo ipo cdpo robust hinge kto orpo simpo cpo, or package.module:function
+    method: Literal["full", "lora", "dora"] = "lora"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DPOData = field(default_factory=DPOData)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-6))
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    beta: float | None = None         # loss parameters; None = the loss's own (paper) default
+    label_smoothing: float | None = None
+    gamma: float | None = None
+    sft_weight: float | None = None
+    desirable_weight: float | None = None
+    undesirable_weight: float | None = None
+    loss_chunk_size: int = 1024
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        if not 0 <= self.data.eval_fraction < 1:
+            raise PolmError(f"data.eval_fraction must be in [0, 1), got {self.data.eval_fraction}")
+        if self.method == "dora":
+            self.lora.dora = True
+
+
+def loss_kwargs(cfg: DPOConfig, fn) -> dict:
+    """The loss parameters set in the config; one the loss does not take is an error, not ignored."""
+    accepted = set(list(inspect.signature(fn).parameters)[1:])   # the first parameter is the log-probs
+    given = {k: getattr(cfg, k) for k in LOSS_PARAMS if getattr(cfg, k) is not None}
+    for key in given:
+        if key not in accepted:
+            raise PolmError(f"loss '{cfg.loss}' has no parameter '{key}'", where=f"config key '{key}'",
+                            fix=f"Its parameters are: {', '.join(sorted(accepted)) or 'none'}; remove '{key}'.")
+    return given
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, "configs/dpo.yaml")
+    parser.add_argument("--loss", help="preference loss (same as loss=NAME)")
+    parser.add_argument("--skip-invalid", action="store_true", help="count and skip malformed or identical pairs")
+
+
+def run(args: argparse.Namespace) -> int:
+    extra = (["data.skip_invalid=true"] if args.skip_invalid else []) + ([f"loss={args.loss}"] if args.loss else [])
+    result = run_dpo(config_from_args(DPOConfig, args, extra))
+    print(f"{result['loss']} finished: {result['steps']} steps, final loss {result['final_loss']:.4f}; "
+          f"model in {result['final_dir']}")
+    return 0
+
+
+def run_dpo(cfg: DPOConfig) -> dict:
+    run_dir = Path(cfg.output_dir)
+    check_output_dir(run_dir, resume=cfg.train.resume, overwrite=cfg.overwrite)
+    loss_fn = PREFERENCE_LOSSES.get(cfg.loss)
+    kwargs = loss_kwargs(cfg, loss_fn)
+    unpaired = getattr(loss_fn, "unpaired", False)
+    needs_ref = getattr(loss_fn, "needs_reference", True)
+
+    # 1. data: validate + encode before anything is written
+    tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
+    train_ex, eval_ex, data_info = prepare_data(cfg, tokenizer, unpaired)
+
+    # 2. policy (+ adapter) and its reference
+    model = load_model(cfg.model)
+    if cfg.method != "full":
+        model = attach_adapter(model, cfg.lora, gradient_checkpointing=cfg.model.gradient_checkpointing)
+    collate = make_collate(cfg, tokenizer, unpaired)
+    reference = None
+    if needs_ref:
+        reference, data_info["reference"] = build_reference(cfg, model, tokenizer, train_ex + eval_ex, collate)
+
+    # 3. the step: policy log-probs of [chosen..., rejected...] (or [examples..., KL samples...]) → loss
+    step = make_step(model, loss_fn, kwargs, reference, unpaired, cfg.loss_chunk_size or None)
+    batches = BatchStream(train_ex, collate, cfg.train.micro_batch_size, seed=cfg.train.seed)
+    eval_fn = make_eval(step, eval_ex, collate, cfg, model) if eval_ex else None
+
+    lineage = {"model": cfg.model.name, "loss": cfg.loss, "loss_params": kwargs, "data": data_info}
+    with run_directory(run_dir, cfg, recipe="dpo", overwrite=cfg.overwrite, lineage=lineage):
+        result = train(model=model, step_fn=step, batches=batches, cfg=cfg.train, run_dir=run_dir, eval_fn=eval_fn)
+        final_dir = save_final(model, tokenizer, cfg, run_dir, kwargs)
+        plot_metrics(run_dir)
+    return {"steps": result.steps, "final_loss": result.final_loss, "losses": result.losses, "loss": cfg.loss,
+            "final_dir": str(final_dir), "model": model, "run_dir": str(run_dir), "data": data_info}
+
+
+def prepare_data(cfg: DPOConfig, tokenizer, unpaired: bool) -> tuple[list[dict], list[dict], dict]:
+    """Load + validate + encode; split off a held-out part when asked; KTO examples get a KL sample."""
+    loaded = load_preferences(cfg.data.train, unpaired=unpaired, skip_invalid=cfg.data.skip_invalid)
+    if loaded.skipped:
+        print(summarize_skips(loaded))
+    records, eval_records = loaded.records, []
+    if cfg.data.eval:
+        eval_records = load_preferences(cfg.data.eval, unpaired=unpaired, skip_invalid=cfg.data.skip_invalid).records
+    elif cfg.data.eval_fraction > 0:
+        order = list(range(len(records)))
+        random.Random(cfg.train.seed).shuffle(order)
+        n_eval = max(1, int(len(records) * cfg.data.eval_fraction))
+        eval_records, records = [records[i] for i in order[:n_eval]], [records[i] for i in order[n_eval:]]
+    encode = encode_unpaired if unpaired else encode_pairs
+    opts = dict(max_length=cfg.data.max_length, chat=cfg.data.chat)
+    examples, stats = encode(records, tokenizer, **opts)
+    if stats.prompt_too_long:
+        print(f"Preference data '{cfg.data.train}': {stats.summary()}")
+    if not examples:
+        raise PolmError(f"no example is left from '{cfg.data.train}' after tokenization ({stats.summary()})",
+                        fix="Raise data.max_length.")
+    eval_examples = encode(eval_records, tokenizer, **opts)[0] if eval_records else []
+    if unpaired:
+        for part in (examples, eval_examples):
+            for ex, kl in zip(part, mismatched(part, cfg.data.max_length)):
+                ex["kl"] = kl
+    info = {"train": cfg.data.train, "train_sha256": records_sha256(loaded.records), "examples": len(examples),
+            "eval_examples": len(eval_examples), "skipped_invalid": len(loaded.skipped),
+            "skipped_prompt_too_long": stats.prompt_too_long, "truncated": stats.truncated}
+    return examples, eval_examples, info
+
+
+def sequences_of(example: dict) -> list[dict]:
+    """The sequences one example contributes to a forward: (chosen, rejected) or (example, KL sample)."""
+    if "chosen" in example:
+        return [example["chosen"], example["rejected"]]
+    return [example, example["kl"]]
+
+
+def make_collate(cfg: DPOConfig, tokenizer, unpaired: bool):
+    """examples -> one batch of [first sequences..., second sequences...] (+ labels, ref log-probs)."""
+    def collate(examples: list[dict]) -> dict:
+        first, second = zip(*(sequences_of(ex) for ex in examples))
+        seqs = [*first, *second]
+        batch = pack_collate(seqs) if cfg.data.packing else pad_collate(seqs, tokenizer.pad_token_id)
+        if unpaired:
+            batch["desirable"] = torch.tensor([ex["desirable"] for ex in examples])
+        if all("ref" in ex for ex in examples):
+            batch["ref_logps"] = torch.tensor([ex["ref"][0] for ex in examples] + [ex["ref"][1] for ex in examples])
+        return batch
+    return collate
+
+
+def make_step(model, loss_fn, kwargs: dict, reference: Reference | None, unpaired: bool, chunk: int | None):
+    def step(batch: dict) -> StepOutput:
+        logps, tokens = completion_logps(model, batch, chunk)
+        ref = reference(batch) if reference is not None else None
+        n = logps.shape[0] // 2
+        if unpaired:
+            lp = UnpairedLogps(logps[:n], ref[:n], batch["desirable"], logps[n:], ref[n:])
+        else:
+            lp = PairLogps(logps[:n], logps[n:], tokens[:n], tokens[n:],
+                           None if ref is None else ref[:n], None if ref is None else ref[n:])
+        out = loss_fn(lp, **kwargs)
+        return StepOutput(loss_sum=out.losses.sum(), count=n, metrics={k: float(v) for k, v in out.metrics.items()})
+    return step
+
+
+def make_eval(step, examples: list[dict], collate, cfg: DPOConfig, model):
+    """Held-out mean loss and reward accuracy/margins (pair-weighted)."""
+    device = next(model.parameters()).device
+
+    def evaluate() -> dict[str, float]:
+        totals: dict[str, float] = {}
+        count = 0
+        for start in range(0, len(examples), cfg.train.micro_batch_size):
+            batch = collate(examples[start:start + cfg.train.micro_batch_size])
+            out = step({k: v.to(device) for k, v in batch.items()})
+            count += out.count
+            totals["loss"] = totals.get("loss", 0.0) + float(out.loss_sum)
+            for key, value in out.metrics.items():
+                totals[key] = totals.get(key, 0.0) + value * out.count
+        return {k: v / max(count, 1) for k, v in totals.items()}
+    return evaluate
+
+
+def build_reference(cfg: DPOConfig, model, tokenizer, examples: list[dict], collate) -> tuple[Reference, dict]:
+    """The reference for cfg.reference.mode; precompute stores each example's ref log-probs in ex['ref']."""
+    peft = callable(getattr(model, "disable_adapter", None))
+    mode = cfg.reference.mode
+    if mode == "auto":
+        mode = "adapter" if peft else "copy"
+    chunk = cfg.loss_chunk_size or None
+    if mode != "precompute":
+        return Reference(mode, model, chunk), {"mode": mode}
+    # before the first update the policy (adapters off, or itself) IS the reference
+    once = Reference("adapter" if peft else "initial", model, chunk)
+    seqs = [s for ex in examples for s in sequences_of(ex)]
+    key = cache_key(model_fingerprint(resolve_path(cfg.model.name)), [s["input_ids"] for s in seqs],
+                    getattr(tokenizer, "chat_template", None),
+                    {"labels": records_sha256([{"l": s["labels"]} for s in seqs]), "dtype": cfg.model.dtype})
+    pair_collate = (lambda s: pack_collate(s)) if cfg.data.packing else (lambda s: pad_collate(s, tokenizer.pad_token_id))
+    device = next(model.parameters()).device
+    logps, hit = cached_reference_logps(key, Path(cfg.reference.cache_dir),
+                                        lambda: reference_pass(once, seqs, pair_collate, cfg.reference.batch_size, device))
+    pairs = logps.view(-1, 2).tolist()
+    for ex, ref in zip(examples, pairs):
+        ex["ref"] = ref
+    return Reference("precompute", model, chunk), {"mode": "precompute", "cache_key": key, "cache_hit": hit}
+
+
+def save_final(model, tokenizer, cfg: DPOConfig, run_dir: Path, params: dict) -> Path:
+    """`final/`: a PEFT adapter or a full model, plus tokenizer and a model card naming the loss."""
+    kind = "full model" if cfg.method == "full" else f"{cfg.method.upper()} adapter (r={cfg.lora.r})"
+    card = (f"# {run_dir.name}\n\nPreference-optimised (`{cfg.loss}`, {params or 'default parameters'}) from "
+            f"`{cfg.model.name}` by polm ({kind}).\n\n- data: `{cfg.data.train}`\n- steps: {cfg.train.max_steps}, "
+            f"lr {cfg.train.lr}\n\nLoad with `polm generate --model path`, `peft.AutoPeftModelForCausalLM` "
+            "(adapter) or `transformers.AutoModelForCausalLM` (full model).\n")
+    if cfg.method == "full" and model.config.use_cache is False:
+        model.config.use_cache = True
+    return save_pretrained_atomic(model, tokenizer, run_dir / "final", card=card, overwrite=True)
