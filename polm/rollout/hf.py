@@ -1,0 +1,132 @@
+"""Rollouts with transformers models: batched sampling on a KV cache, the prompt prefilled once per group.
+
+Each prompt is run through the model once; its KV cache is then repeated n times and the n samples
+decode together. Rows that finish (EOS or a stop string) leave the batch, so the remaining ones run
+faster. Sampling draws from a private torch.Generator seeded per call: rollouts depend only on the
+seed and the weights, never on the global RNG.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from polm.rollout.base import Completion, SamplingConfig
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Keep the top-k logits, then the smallest set whose probability reaches top_p; others -inf.  [B,V] -> [B,V]."""
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) >= top_p   # tokens entirely beyond the nucleus
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def _left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[i, width - len(p):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token (left padding).  [B,T] -> [B,T]."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+class HFGenerator:
+    """The default backend: the policy model itself (shares its weights, so `sync_weights` has nothing to do)."""
+
+    def __init__(self, model, tokenizer, prompts_per_batch: int = 16):
+        self.model, self.tokenizer, self.prompts_per_batch = model, tokenizer, prompts_per_batch
+        eos = {tokenizer.eos_token_id, getattr(model.config, "eos_token_id", None)}
+        flat = {e for x in eos for e in (x if isinstance(x, list) else [x]) if e is not None}
+        self.eos_ids = torch.tensor(sorted(flat), dtype=torch.long)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else sorted(flat)[0]
+
+    def sync_weights(self) -> None:
+        return None
+
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig, seed: int) -> list[Completion]:
+        sampling.validate()
+        device = next(self.model.parameters()).device
+        rng = torch.Generator(device=device).manual_seed(seed)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out: list[Completion] = []
+            for start in range(0, len(prompt_ids), self.prompts_per_batch):
+                chunk = prompt_ids[start:start + self.prompts_per_batch]
+                out += [Completion(c.prompt_index + start, c.token_ids, c.logprobs, c.text, c.finish_reason)
+                        for c in self._generate_chunk(chunk, sampling, rng, device)]
+            return out
+        finally:
+            self.model.train(was_training)
+
+    @torch.no_grad()
+    def _generate_chunk(self, prompts: list[list[int]], s: SamplingConfig, rng: torch.Generator,
+                        device: torch.device) -> list[Completion]:
+        ids, attn = _left_pad(prompts, self.pad_id, device)
+        pos = positions(attn)
+        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(s.n)          # prefill once, decode n samples per prompt
+        logits = out.logits[:, -1].float().repeat_interleave(s.n, 0)
+        attn, next_pos = attn.repeat_interleave(s.n, 0), pos[:, -1:].repeat_interleave(s.n, 0) + 1
+        rows = len(prompts) * s.n
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        logps: list[list[float]] = [[] for _ in range(rows)]
+        reasons = ["length"] * rows
+        active = torch.arange(rows, device=device)   # original row of each row still in the batch
+        eos = self.eos_ids.to(device)
+        for _ in range(s.max_new_tokens):
+            token, logp = self._sample(logits, s, rng)
+            done = torch.isin(token, eos)
+            for row, t, lp in zip(active.tolist(), token.tolist(), logp.tolist()):
+                tokens[row].append(t)
+                logps[row].append(lp)
+            if s.stop:
+                done |= self._hit_stop(tokens, active, s.stop)
+            for row in active[done].tolist():
+                reasons[row] = "stop"
+            keep = (~done).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            if keep.numel() < active.numel():           # finished rows leave the batch
+                cache.batch_select_indices(keep)
+                active, token, attn, next_pos = active[keep], token[keep], attn[keep], next_pos[keep]
+            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+            out = self.model(input_ids=token[:, None], attention_mask=attn, position_ids=next_pos,
+                             past_key_values=cache, use_cache=True)
+            logits, next_pos = out.logits[:, -1].float(), next_pos + 1
+        return [self._completion(i // s.n, tokens[i], logps[i], reasons[i], s.stop) for i in range(rows)]
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, s: SamplingConfig, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token [B], its log-probability under softmax(logits / T) [B]); greedy scores at T = 1."""
+        if s.temperature == 0:
+            token = logits.argmax(-1)
+            return token, logits.log_softmax(-1).gather(-1, token[:, None]).squeeze(1)
+        scaled = logits / s.temperature
+        probs = filter_logits(scaled, s.top_k, s.top_p).softmax(-1)
+        token = torch.multinomial(probs, 1, generator=rng).squeeze(1)
+        return token, scaled.log_softmax(-1).gather(-1, token[:, None]).squeeze(1)
+
+    def _hit_stop(self, tokens: list[list[int]], active: torch.Tensor, stop: list[str]) -> torch.Tensor:
+        texts = [self.tokenizer.decode(tokens[row], skip_special_tokens=True) for row in active.tolist()]
+        return torch.tensor([any(x in t for x in stop) for t in texts], device=active.device)
+
+    def _completion(self, prompt_index: int, ids: list[int], logps: list[float], reason: str,
+                    stop: list[str]) -> Completion:
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        for x in stop:
+            cut = text.find(x)
+            text = text[:cut] if cut >= 0 else text
+        return Completion(prompt_index, ids, logps, text, reason)  # type: ignore[arg-type]
