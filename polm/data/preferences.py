@@ -88,7 +88,13 @@ def validate_pair(record: Any, where: str) -> dict:
     if chosen.strip() == rejected.strip():
         raise PolmError("fields 'chosen' and 'rejected' are identical, so the pair prefers nothing", where=where,
                         fix="Drop the pair (or pass --skip-invalid / data.skip_invalid=true to count and skip such pairs).")
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    pair = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    if "margin" in record:   # reward-model margin (Llama 2): how much better chosen is
+        if not isinstance(record["margin"], (int, float)) or isinstance(record["margin"], bool):
+            raise PolmError(f"field 'margin' must be a number, got {record['margin']!r}", where=where,
+                            fix="Write the preference strength as a number, or drop the field.")
+        pair["margin"] = float(record["margin"])
+    return pair
 
 
 def validate_unpaired(record: Any, where: str) -> dict:
