@@ -1,0 +1,98 @@
+"""Preference records: validation messages, counted skips, prompt tokens excluded from the loss."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from polm.data.preferences import encode_pairs, encode_unpaired, load_preferences, mismatched, validate_pair
+from polm.data.templating import IGNORE_INDEX
+from polm.errors import PolmError
+
+
+def write(tmp_path, rows) -> str:
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join((json.dumps(r) if not isinstance(r, str) else r) + "\n" for r in rows))
+    return str(path)
+
+
+GOOD = {"prompt": "What is 12 + 7?", "chosen": "The answer is 19.", "rejected": "The answer is 7."}
+
+
+@pytest.mark.parametrize("record,message", [
+    ({"prompt": "hi", "chosen": "a"}, "field 'rejected' is missing"),
+    ({"prompt": "hi", "chosen": "same", "rejected": "same "}, "identical"),
+    ({"prompt": "hi", "chosen": "  ", "rejected": "b"}, "field 'chosen' is empty"),
+    ({"prompt": "hi", "chosen": 3, "rejected": "b"}, "field 'chosen' must be a string"),
+    ({"prompt": [{"role": "usr", "content": "x"}], "chosen": "a", "rejected": "b"}, "not a known role"),
+    ({"prompt": "hi", "completion": "a", "label": True, "chosen": "a"}, "loss=kto"),
+    ({"prompt": "hi", "chosen": "a", "rejected": "b", "margin": "big"}, "field 'margin' must be a number"),
+])
+def test_bad_pairs_name_file_line_and_field(tmp_path, record, message):
+    path = write(tmp_path, [GOOD, record])
+    with pytest.raises(PolmError, match=message) as err:
+        load_preferences(path)
+    assert err.value.where.startswith(f"{path}:2")
+
+
+def test_skip_invalid_counts_instead_of_stopping(tmp_path):
+    path = write(tmp_path, [GOOD, {"prompt": "x", "chosen": "a", "rejected": "a"}, "{not json", GOOD])
+    loaded = load_preferences(path, skip_invalid=True)
+    assert len(loaded.records) == 2
+    assert [where for where, _ in loaded.skipped] == [f"{path}:2", f"{path}:3"]
+
+
+def test_implicit_prompt_conversations_are_split():
+    user = {"role": "user", "content": "What is 12 + 7?"}
+    pair = validate_pair({"chosen": [user, {"role": "assistant", "content": "19"}],
+                          "rejected": [user, {"role": "assistant", "content": "7"}]}, "x:1")
+    assert pair == {"prompt": [user], "chosen": "19", "rejected": "7"}
+
+
+def test_labels_cover_only_the_completion(tiny_tokenizer):
+    pairs, stats = encode_pairs([validate_pair(GOOD, "x:1")], tiny_tokenizer, max_length=128)
+    chosen = pairs[0]["chosen"]
+    prompt_text = tiny_tokenizer.apply_chat_template([{"role": "user", "content": GOOD["prompt"]}], tokenize=False,
+                                                     add_generation_prompt=True)
+    n_prompt = len(tiny_tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
+    assert chosen["prompt_len"] == n_prompt
+    assert set(chosen["labels"][:n_prompt]) == {IGNORE_INDEX}
+    target = [t for t in chosen["labels"] if t != IGNORE_INDEX]
+    assert tiny_tokenizer.decode(target) == "The answer is 19.<|im_end|>"
+    # the two sides share the prompt tokens exactly
+    assert pairs[0]["rejected"]["input_ids"][:n_prompt] == chosen["input_ids"][:n_prompt]
+
+
+def test_earlier_assistant_turns_stay_in_the_prompt(tiny_tokenizer):
+    prompt = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "good morning"},
+              {"role": "user", "content": "What is 12 + 7?"}]
+    pairs, _ = encode_pairs([validate_pair({**GOOD, "prompt": prompt}, "x:1")], tiny_tokenizer, max_length=128)
+    target = [t for t in pairs[0]["chosen"]["labels"] if t != IGNORE_INDEX]
+    assert tiny_tokenizer.decode(target) == "The answer is 19.<|im_end|>"
+
+
+def test_prompt_longer_than_max_length_is_counted_not_nan(tiny_tokenizer):
+    long = {**GOOD, "prompt": "hello world " * 40}
+    pairs, stats = encode_pairs([validate_pair(GOOD, "a"), validate_pair(long, "b")], tiny_tokenizer, max_length=24)
+    assert stats.kept == 1 and stats.prompt_too_long == 1
+    assert "1 skipped: prompt longer than data.max_length" in stats.summary()
+    assert all(sum(t != IGNORE_INDEX for t in p[k]["labels"]) > 0 for p in pairs for k in ("chosen", "rejected"))
+
+
+def test_pairs_become_kto_examples_and_kl_samples_mismatch(tmp_path, tiny_tokenizer):
+    path = write(tmp_path, [GOOD, {"prompt": "hello", "completion": "good morning", "label": False}])
+    records = load_preferences(path, unpaired=True).records
+    assert [r["label"] for r in records] == [True, False, False]
+    examples, _ = encode_unpaired(records, tiny_tokenizer, max_length=128)
+    kl = mismatched(examples, 128)
+    # sample 0 = prompt of example 0 + completion of example 1
+    k0, k1 = examples[0]["prompt_len"], examples[1]["prompt_len"]
+    assert kl[0]["input_ids"] == examples[0]["input_ids"][:k0] + examples[1]["input_ids"][k1:]
+    assert kl[0]["labels"][:k0] == [IGNORE_INDEX] * k0
+
+
+def test_kto_label_must_be_boolean(tmp_path):
+    path = write(tmp_path, [{"prompt": "hi", "completion": "a", "label": "yes"}])
+    with pytest.raises(PolmError, match="field 'label' must be true or false"):
+        load_preferences(path, unpaired=True)
