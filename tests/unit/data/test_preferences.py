@@ -96,3 +96,59 @@ def test_kto_label_must_be_boolean(tmp_path):
     path = write(tmp_path, [{"prompt": "hi", "completion": "a", "label": "yes"}])
     with pytest.raises(PolmError, match="field 'label' must be true or false"):
         load_preferences(path, unpaired=True)
+
+
+# --- builders (polm data preferences) ------------------------------------------------------------
+
+def test_wrong_final_number_changes_only_the_last_number():
+    import random
+
+    from polm.data.cli import wrong_final_number
+
+    text = "12 + 7 = 19\nAnswer: 19"
+    out = wrong_final_number(text, random.Random(0))
+    assert out.startswith("12 + 7 = 19\nAnswer: ") and out != text
+    assert int(out.rsplit(" ", 1)[1]) != 19
+    assert wrong_final_number("no digits here", random.Random(0)) is None
+
+
+def test_truncated_reasoning_drops_the_answer():
+    from polm.data.cli import truncated_reasoning
+
+    assert truncated_reasoning("a = 1\nb = 2\nc = 3\nd = 4\nAnswer: 4") == "a = 1\nb = 2"
+    assert truncated_reasoning("Answer: 4") is None
+
+
+def test_pair_by_score_pairs_best_with_worse_distinct_texts():
+    import random
+
+    from polm.data.cli import pair_by_score
+
+    samples = ["Answer: 3", "Answer: 3 ", "Answer: 4", "Answer: 5", "Answer: 4"]
+    pairs = pair_by_score(samples, [1.0, 1.0, 0.0, 0.0, 0.0], k=5, rng=random.Random(0))
+    # one distinct correct text, so one pair; its rejected side is a wrong answer
+    assert len(pairs) == 1 and samples[pairs[0][0]].strip() == "Answer: 3" and pairs[0][1] in (2, 3, 4)
+
+
+def test_judge_keeps_only_order_consistent_verdicts():
+    from polm.data.cli import agreed_winner
+
+    assert agreed_winner("A", "B") == 0 and agreed_winner("B", "A") == 1
+    assert agreed_winner("A", "A") is None and agreed_winner("tie", "B") is None
+
+
+def test_references_builder_writes_pairs_with_provenance(tmp_path, capsys):
+    from polm.cli import main
+
+    src = tmp_path / "refs.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"What is {a} + 2?", "completion": f"{a} + 2 = {a + 2}\nAnswer: {a + 2}",
+                                       "id": a}) + "\n" for a in range(6)))
+    out = tmp_path / "pairs.jsonl"
+    assert main(["data", "preferences", "references", "--data", str(src), "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 6 and {r["perturbation"] for r in rows} == {"wrong-number", "truncate"}
+    assert all(r["builder"] == "references" and r["record"] == i for i, r in enumerate(rows))
+    assert rows[1]["rejected"] == "1 + 2 = 3"          # truncated: the answer line is gone
+    assert rows[0]["rejected"].startswith("0 + 2 = 2\nAnswer: ") and rows[0]["rejected"] != rows[0]["chosen"]
+    # the output is valid training data
+    assert len(load_preferences(str(out)).records) == 6
