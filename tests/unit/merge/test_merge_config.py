@@ -76,3 +76,12 @@ def test_method_contracts(tmp_path):
         load_merge_config(_write(tmp_path, {"method": "linear"}))
     with pytest.raises(PolmError, match="max_shard_size"):
         load_merge_config(_write(tmp_path, _cfg(max_shard_size="lots")))
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[3].glob("configs/merge_*.yaml")),
+                         ids=lambda p: p.name)
+def test_example_configs_are_valid(path):
+    cfg = load_merge_config(path)
+    assert path.stem == f"merge_{cfg.method}" and cfg.ingredients()
+    assert path.read_text().splitlines()[0].startswith("#") and f"polm merge {path.parent.name}/{path.name}" in \
+        path.read_text()
