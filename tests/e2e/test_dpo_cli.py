@@ -118,3 +118,15 @@ def test_identical_pairs_stop_with_location_or_are_skipped(tiny_model_dir, tmp_p
     assert f"{data}:5: fields 'chosen' and 'rejected' are identical" in capsys.readouterr().err
     assert main(dpo_args(tiny_model_dir, data, tmp_path / "y", "train.max_steps=1", "--skip-invalid")) == 0
     assert "Skipped 1 of 5 records" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", ["configs/dpo.yaml", "configs/dpo_precompute.yaml"])
+def test_example_configs_load_for_every_loss(path):
+    from polm.config import load_config
+    from polm.losses import PREFERENCE_LOSSES
+    from polm.recipes.dpo import DPOConfig, loss_kwargs
+
+    root = Path(__file__).resolve().parents[2]
+    for loss in PREFERENCE_LOSSES.names():
+        cfg = load_config(DPOConfig, root / path, [f"loss={loss}"])
+        assert loss_kwargs(cfg, PREFERENCE_LOSSES.get(loss)) == {}
