@@ -44,6 +44,7 @@ from polm.recipes.common import add_config_arguments, config_from_args
 from polm.rundir import check_output_dir, records_sha256, run_directory
 from polm.train.batches import BatchStream
 from polm.train.config import TrainConfig
+from polm.train.heldout import make_heldout_eval
 from polm.train.loop import StepOutput, train
 from polm.train.plots import plot_metrics
 
@@ -143,7 +144,8 @@ def run_dpo(cfg: DPOConfig) -> dict:
     # 3. the step: policy log-probs of [chosen..., rejected...] (or [examples..., KL samples...]) → loss
     step = make_step(model, loss_fn, kwargs, reference, unpaired, cfg.loss_chunk_size or None)
     batches = BatchStream(train_ex, collate, cfg.train.micro_batch_size, seed=cfg.train.seed)
-    eval_fn = make_eval(step, eval_ex, collate, cfg, model) if eval_ex else None
+    device = next(model.parameters()).device
+    eval_fn = make_heldout_eval(step, eval_ex, collate, cfg.train.micro_batch_size, device) if eval_ex else None
 
     lineage = {"model": cfg.model.name, "loss": cfg.loss, "loss_params": kwargs, "data": data_info}
     with run_directory(run_dir, cfg, recipe="dpo", overwrite=cfg.overwrite, lineage=lineage):
@@ -220,24 +222,6 @@ def make_step(model, loss_fn, kwargs: dict, reference: Reference | None, unpaire
         out = loss_fn(lp, **kwargs)
         return StepOutput(loss_sum=out.losses.sum(), count=n, metrics={k: float(v) for k, v in out.metrics.items()})
     return step
-
-
-def make_eval(step, examples: list[dict], collate, cfg: DPOConfig, model):
-    """Held-out mean loss and reward accuracy/margins (pair-weighted)."""
-    device = next(model.parameters()).device
-
-    def evaluate() -> dict[str, float]:
-        totals: dict[str, float] = {}
-        count = 0
-        for start in range(0, len(examples), cfg.train.micro_batch_size):
-            batch = collate(examples[start:start + cfg.train.micro_batch_size])
-            out = step({k: v.to(device) for k, v in batch.items()})
-            count += out.count
-            totals["loss"] = totals.get("loss", 0.0) + float(out.loss_sum)
-            for key, value in out.metrics.items():
-                totals[key] = totals.get(key, 0.0) + value * out.count
-        return {k: v / max(count, 1) for k, v in totals.items()}
-    return evaluate
 
 
 def build_reference(cfg: DPOConfig, model, tokenizer, examples: list[dict], collate) -> tuple[Reference, dict]:

@@ -33,6 +33,7 @@ from polm.recipes.common import add_config_arguments, config_from_args
 from polm.rundir import check_output_dir, records_sha256, run_directory, write_json
 from polm.train.batches import BatchStream
 from polm.train.config import TrainConfig
+from polm.train.heldout import make_heldout_eval
 from polm.train.loop import StepOutput, train
 from polm.train.plots import plot_metrics
 
@@ -136,7 +137,8 @@ def run_rm(cfg: RMConfig) -> dict:
         return StepOutput(loss_sum=out.losses.sum(), count=n, metrics={k: float(v) for k, v in out.metrics.items()})
 
     batches = BatchStream(train_ex, collate, cfg.train.micro_batch_size, seed=cfg.train.seed)
-    evaluate = make_pair_eval(step, eval_ex, collate, cfg.train.micro_batch_size, model) if eval_ex else None
+    device = next(model.parameters()).device
+    evaluate = make_heldout_eval(step, eval_ex, collate, cfg.train.micro_batch_size, device) if eval_ex else None
     with run_directory(run_dir, cfg, recipe="rm", overwrite=cfg.overwrite, lineage={"model": cfg.model.name, "data": info}):
         result = train(model=model, step_fn=step, batches=batches, cfg=cfg.train, run_dir=run_dir, eval_fn=evaluate)
         final_eval = evaluate() if evaluate else {}
@@ -183,24 +185,6 @@ def encode_for_scoring(records: list[dict], tokenizer, max_length: int, chat: bo
             continue
         out.append({**sides, "margin": record.get("margin", 0.0)})
     return out, too_long
-
-
-def make_pair_eval(step, examples: list[dict], collate, batch_size: int, model):
-    """Held-out Bradley–Terry loss and pair accuracy, weighted by pairs."""
-    device = next(model.parameters()).device
-
-    def evaluate() -> dict[str, float]:
-        totals, count = {}, 0
-        for start in range(0, len(examples), batch_size):
-            batch = collate(examples[start:start + batch_size])
-            with torch.no_grad():
-                out = step({k: v.to(device) for k, v in batch.items()})
-            count += out.count
-            totals["loss"] = totals.get("loss", 0.0) + float(out.loss_sum)
-            for key, value in out.metrics.items():
-                totals[key] = totals.get(key, 0.0) + value * out.count
-        return {k: v / max(count, 1) for k, v in totals.items()}
-    return evaluate
 
 
 def save_final(model, tokenizer, cfg: RMConfig, run_dir: Path, final_eval: dict) -> Path:

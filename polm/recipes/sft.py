@@ -13,13 +13,10 @@ al. 2023 (4-bit NF4 base, CUDA only).
 from __future__ import annotations
 
 import argparse
-import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-
-import torch
 
 from polm.data.collate import pack_collate, pad_collate
 from polm.data.loaders import load_records, summarize_skips
@@ -32,6 +29,7 @@ from polm.recipes.common import add_config_arguments, config_from_args
 from polm.rundir import check_output_dir, records_sha256, run_directory
 from polm.train.batches import BatchStream
 from polm.train.config import TrainConfig
+from polm.train.heldout import make_heldout_eval, with_perplexity
 from polm.train.loop import StepOutput, train
 from polm.train.plots import plot_metrics
 
@@ -105,7 +103,9 @@ def run_sft(cfg: SFTConfig) -> dict:
 
     collate = (lambda ex: pack_collate(ex)) if cfg.data.packing else (lambda ex: pad_collate(ex, tokenizer.pad_token_id))
     batches = BatchStream(train_examples, collate, cfg.train.micro_batch_size, seed=cfg.train.seed)
-    eval_fn = make_eval_loss(model, eval_examples, collate, cfg) if eval_examples else None
+    device = next(model.parameters()).device
+    eval_fn = with_perplexity(make_heldout_eval(step, eval_examples, collate, cfg.train.micro_batch_size, device)) \
+        if eval_examples else None
 
     # 4. train on the shared loop, inside a run directory that records how it ended
     lineage = {"model": cfg.model.name, "data": data_info}
@@ -142,25 +142,6 @@ def prepare_data(cfg: SFTConfig, tokenizer) -> tuple[list[dict], list[dict], dic
     info = {"train": cfg.data.train, "train_sha256": records_sha256(loaded.records), "examples": len(examples),
             "eval_examples": len(eval_examples), "skipped": len(loaded.skipped), "encode": vars(stats)}
     return examples, eval_examples, info
-
-
-def make_eval_loss(model, examples: list[dict], collate, cfg: SFTConfig):
-    """Held-out mean token cross-entropy (and perplexity), for the loop's periodic eval."""
-    chunk = cfg.loss_chunk_size or None
-    device = next(model.parameters()).device
-
-    @torch.no_grad()
-    def evaluate() -> dict[str, float]:
-        total, count = 0.0, 0
-        for start in range(0, len(examples), cfg.train.micro_batch_size):
-            batch = collate(examples[start:start + cfg.train.micro_batch_size])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss_sum, n = causal_lm_loss(model, batch, chunk_size=chunk)
-            total, count = total + float(loss_sum), count + int(n)
-        loss = total / max(count, 1)
-        return {"loss": loss, "ppl": math.exp(min(loss, 50.0))}
-
-    return evaluate
 
 
 def save_final(model, tokenizer, cfg: SFTConfig, run_dir: Path) -> Path:
