@@ -23,4 +23,3 @@ def test_weighted_by_count_across_batches():
     assert out["loss"] == 21 / 6
     assert out["m"] == (2.5 * 4 + 5.5 * 2) / 6
     assert abs(with_perplexity(lambda: {"loss": math.log(7.0)})()["ppl"] - 7.0) < 1e-9
-        with_perplexity(lambda: {"loss": math.log(7.0)})()["ppl"] - 7.0) < 1e-9
