@@ -117,17 +117,20 @@ def worker(spec: dict) -> dict:
     return {"seconds": done - imported, "import_seconds": imported - started, "rss_before_mib": round(rss_before, 1)}
 
 
-def max_difference(a: Path, b: Path) -> float:
-    """max |a − b| over every tensor of two single-file checkpoints, read one tensor at a time."""
+def compare_outputs(a: Path, b: Path) -> dict:
+    """max |a − b| and how many entries differ by more than 1e-6, over every tensor, one at a time."""
     from safetensors import safe_open
 
-    worst = 0.0
+    worst, differing, total = 0.0, 0, 0
     with safe_open(str(a / "model.safetensors"), "pt") as fa, safe_open(str(b / "model.safetensors"), "pt") as fb:
         if set(fa.keys()) != set(fb.keys()):
-            return float("inf")
+            return {"max_abs_difference": float("inf"), "entries_differing": None, "entries": None}
         for name in fa.keys():
-            worst = max(worst, (fa.get_tensor(name).double() - fb.get_tensor(name).double()).abs().max().item())
-    return worst
+            diff = (fa.get_tensor(name).double() - fb.get_tensor(name).double()).abs()
+            worst = max(worst, diff.max().item())
+            differing += int((diff > 1e-6).sum())
+            total += diff.numel()
+    return {"max_abs_difference": worst, "entries_differing": differing, "entries": total}
 
 
 # --- the comparison ------------------------------------------------------------------------------
@@ -140,7 +143,7 @@ def run_method(method: str, dirs: list[Path], out: Path, repeats: int, env: dict
     trials = {name: (lambda s=spec: common.run_worker(SCRIPT, s, env=env)) for name, spec in specs.items()}
     results, _ = common.alternate(trials, repeats, warmups=trials, log=lambda m: print(f"  {method}: {m}"))
     row = {"method": method, "polm_config": polm_cfg, "mergekit_config": mk_cfg,
-           "max_abs_difference": max_difference(out / "polm", out / "mergekit")}
+           **compare_outputs(out / "polm", out / "mergekit")}
     for tool, runs in results.items():
         row[tool] = {"seconds": common.median([r["seconds"] for r in runs]),
                      "peak_rss_mib": common.median([r["peak_rss_mib"] for r in runs]),
@@ -175,10 +178,10 @@ def main() -> int:
     rows = [run_method(m, dirs, inputs / "out", repeats, env) for m in methods]
     table = common.format_table(
         ["method", "polm s", "mergekit s", "speed (mk/polm)", "polm peak MiB", "mergekit peak MiB",
-         "polm merge +MiB", "mergekit merge +MiB", "max |Δ|"],
+         "polm merge +MiB", "mergekit merge +MiB", "max |Δ|", "entries |Δ|>1e-6"],
         [[r["method"], r["polm"]["seconds"], r["mergekit"]["seconds"], r["speed_ratio"], r["polm"]["peak_rss_mib"],
           r["mergekit"]["peak_rss_mib"], r["polm"]["merge_rss_growth_mib"], r["mergekit"]["merge_rss_growth_mib"],
-          f"{r['max_abs_difference']:.1e}"] for r in rows])
+          f"{r['max_abs_difference']:.1e}", f"{r['entries_differing']} of {r['entries']:,}"] for r in rows])
     print(table)
     settings = {"model": MODEL, "inputs": "base + 2 × (base + 0.01·std·N(0,1)), fp32 safetensors",
                 "repeats": repeats, "warmup": 1, "dtype": "float32", "shard_size": "5GB (both defaults)",
