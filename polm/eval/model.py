@@ -132,9 +132,13 @@ class ModelAdapter:
         for i, row in enumerate(rows):
             groups.setdefault(tuple(row.context), []).append(i)
         # Several continuations of one context (multiple choice): read the context once.
-        shared = [idx for ctx, idx in groups.items()
-                  if len(idx) > 1 and len(ctx) + max(len(rows[i].continuation) for i in idx) <= self.max_length]
-        rest = [i for idx in groups.values() if idx not in shared for i in idx]
+        shared, rest = [], []
+        for ctx, idx in groups.items():
+            fits = len(ctx) + max(len(rows[i].continuation) for i in idx) <= self.max_length
+            if len(idx) > 1 and fits:
+                shared.append(idx)
+            else:
+                rest += idx
         shared.sort(key=lambda idx: -len(rows[idx[0]].context))
         for start in range(0, len(shared), self.batch_size):
             chunk = shared[start:start + self.batch_size]
