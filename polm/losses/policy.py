@@ -107,3 +107,17 @@ def dr_grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages:
     length = max_length or logprobs.shape[1]
     loss, metrics = per_token_loss(logprobs, old_logprobs, advantages, mask, **kwargs)
     return PolicyLoss(masked_sum(loss, mask) / length, logprobs.shape[0], metrics)
+
+
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                       clip: float = 0.2) -> PolicyLoss:
+    """PPO value loss: ℓ_t = ½ max((V_t - R_t)², (V_old,t + clip(V_t - V_old,t, ±ε) - R_t)²).  [B,T] each.
+
+    Returns the masked token SUM with count = tokens; clipping keeps the value model near the one
+    that produced the advantages (Schulman et al. 2017; as in OpenAI's baselines / TRL PPO).
+    """
+    clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    loss = 0.5 * torch.max((values - returns) ** 2, (clipped - returns) ** 2)
+    with torch.no_grad():
+        frac = masked_mean(((values - returns) ** 2 < (clipped - returns) ** 2).float(), mask)
+    return PolicyLoss(masked_sum(loss, mask), int(mask.bool().sum()), {"value/clip": float(frac)})

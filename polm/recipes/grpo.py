@@ -48,6 +48,7 @@ class GRPOData:
     train: str = "builtin:reasoning-gym/basic_arithmetic?n=2000&seed=0"
     chat: bool = True                  # apply the tokenizer's chat template to prompts
     max_prompt_length: int = 256       # longer prompts are dropped (and counted)
+    prompt_suffix: str = ""            # appended to each prompt on a new line (e.g. the eval's answer-format line)
 
 
 @dataclass
@@ -180,6 +181,7 @@ def run_grpo(cfg: GRPOConfig) -> dict:
         write_json(run_dir / "timing.json", timing)
         final_dir = save_final(model, tokenizer, cfg, run_dir)
         plot_metrics(run_dir)
+        plot_rewards(run_dir)
     report_failures(rewards)
     return {"steps": result.steps, "losses": result.losses, "final_dir": str(final_dir), "model": model,
             "run_dir": str(run_dir), "timing": timing, "reward_mean": stream.metrics.get("reward/mean", float("nan")),
@@ -193,6 +195,8 @@ def prepare_prompts(cfg: GRPOConfig, tokenizer, rewards: RewardSet) -> tuple[lis
     prompts, too_long = [], 0
     for i, rec in enumerate(loaded.records):
         prompt = prompt_of(rec, f"{cfg.data.train}: record {i + 1}")
+        if cfg.data.prompt_suffix and isinstance(prompt, str):
+            prompt = f"{prompt}\n{cfg.data.prompt_suffix}"
         text = format_prompt(tokenizer, prompt, cfg.data.chat)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > cfg.data.max_prompt_length:
@@ -254,6 +258,17 @@ def report_failures(rewards: RewardSet) -> None:
     if failed:
         print("polm: warning: reward failures during the run (scored 0): "
               + ", ".join(f"{k}: {v}" for k, v in failed.items()) + " — see reward/<name>/failures in metrics.jsonl")
+
+
+def plot_rewards(run_dir: Path) -> Path:
+    """plots/reward.png: the combined reward mean and each reward's mean per step."""
+    from polm.train.metrics import read_metrics
+    from polm.train.plots import _save_figure, _series
+
+    records = read_metrics(run_dir)
+    keys = sorted({k for r in records for k in r if k == "reward/mean" or (k.startswith("reward/") and k.endswith("/mean"))})
+    curves = {"total" if k == "reward/mean" else k[len("reward/"):-len("/mean")]: _series(records, k) for k in keys}
+    return _save_figure(curves, "reward (mean over the rollout)", f"Reward — {run_dir.name}", run_dir / "plots" / "reward.png")
 
 
 def save_final(model, tokenizer, cfg, run_dir: Path, recipe: str = "GRPO") -> Path:

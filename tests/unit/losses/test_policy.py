@@ -113,3 +113,14 @@ def test_parity_with_trl_compute_loss(ours, trl_type, beta, eps_high):
                                   clip_high=eps_high, max_length=8)
     assert abs(out.loss_sum.item() / out.count - expected.item()) < 1e-6
     assert 0 < out.metrics["clip/region"] < 1   # the fixed tensors do exercise the clip
+
+
+def test_clipped_value_loss_by_hand():
+    from polm.losses.policy import clipped_value_loss
+
+    # token 0: V = 1.0, V_old = 0.5, R = 2 -> clipped V = 0.7: max(.5 * 1, .5 * 1.69) = .845 (clip active)
+    # token 1: V = 0.4, V_old = 0.5, R = 0 -> clipped V = 0.4: .5 * .16 = .08 ; token 2 is masked
+    out = clipped_value_loss(torch.tensor([[1.0, 0.4, 9.0]]), torch.tensor([[0.5, 0.5, 0.0]]),
+                             torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([[1, 1, 0]]), clip=0.2)
+    assert out.loss_sum.item() == pytest.approx(0.845 + 0.08)
+    assert out.count == 2 and out.metrics["value/clip"] == pytest.approx(0.5)
