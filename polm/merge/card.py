@@ -22,7 +22,8 @@ def _settings_text(settings: dict[str, Any]) -> str:
 def model_card(plan: MergePlan) -> str:
     """Hugging Face model card: front matter, method and paper, ingredients table, config to rerun."""
     cfg, spec = plan.cfg, plan.spec
-    front = {"library_name": "transformers", "tags": ["polm", "merge", spec.name]}
+    front = {"library_name": "peft" if cfg.output_format == "adapter" else "transformers",
+             "tags": ["polm", "merge", spec.name]}
     if cfg.base:
         front["base_model"] = cfg.base
     rows = [("base", cfg.base, _kind(plan.base), "—")] if plan.base else []

@@ -27,6 +27,7 @@ from polm.errors import PolmError, closest, did_you_mean
 from polm.merge.methods import MERGE_METHODS, MethodSpec, method_spec
 from polm.merge.params import check_setting
 
+ADAPTER_METHODS = ("linear", "task_arithmetic")   # merges with an exact low-rank form (polm.merge.adapters)
 ALIASES = {"lambda": "scale"}   # mergekit's name for the task-vector scale
 CHOICES = {"rescale": ("inverse", "l1", "none"), "consensus": ("sum", "count")}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]?i?B)?\s*$", re.IGNORECASE)
@@ -51,6 +52,7 @@ class MergeConfig:
     tokenizer: str | None = None    # model whose tokenizer is copied (default: base, else first model)
     seed: int = 0                   # DARE masks: each tensor's generator is seeded from (seed, tensor name)
     max_shard_size: str = "5GB"
+    output_format: Literal["model", "adapter"] = "model"   # adapter: one LoRA adapter (linear/task_arithmetic)
     overwrite: bool = False
 
     def validate(self) -> None:
@@ -61,6 +63,9 @@ class MergeConfig:
         for ing in ingredients:
             _check_parameters(ing.parameters, spec, f"{ing.key}.parameters", shared_allowed=False)
         self.shard_bytes()
+        if self.output_format == "adapter" and spec.name not in ADAPTER_METHODS:
+            raise PolmError(f"method '{spec.name}' has no low-rank form, so it cannot write an adapter",
+                            where="output_format", fix=f"Use output_format: model, or {' or '.join(ADAPTER_METHODS)}.")
 
     def spec(self) -> MethodSpec:
         fn = MERGE_METHODS.get(self.method)

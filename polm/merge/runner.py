@@ -134,8 +134,13 @@ def build_plan(cfg: MergeConfig) -> MergePlan:
     out_dtype = DTYPES.get(cfg.dtype)
     tensors = [(name, TensorMeta(meta.shape, out_dtype if out_dtype and meta.dtype.is_floating_point else meta.dtype))
                for name, meta in reference.source.meta.items()]
-    return MergePlan(cfg, spec, MERGE_METHODS.get(cfg.method), base, inputs, tensors,
+    plan = MergePlan(cfg, spec, MERGE_METHODS.get(cfg.method), base, inputs, tensors,
                      _num_layers(reference), output, tokenizer_dir)
+    if cfg.output_format == "adapter":
+        from polm.merge.adapters import check_adapter_plan
+
+        check_adapter_plan(plan)
+    return plan
 
 
 def _same_dir(a: Path, b: Path) -> bool:
@@ -277,23 +282,22 @@ def write_weights(plan: MergePlan, out: Path, progress: Callable[[int, int], Non
 
 
 def write_model_files(plan: MergePlan, out: Path) -> None:
-    """config.json (dtype updated), generation config and the tokenizer files, copied byte for byte."""
-    reference = plan.base or plan.inputs[0]
-    config = read_json(reference.model_dir / "config.json", reference.label) \
-        if (reference.model_dir / "config.json").is_file() else None
-    if config is None:
-        raise PolmError("has no config.json, which the merged model needs", where=reference.label)
-    if plan.cfg.dtype != "auto":
-        name = str(DTYPES[plan.cfg.dtype]).removeprefix("torch.")
-        for key in ("dtype", "torch_dtype"):
-            if key in config or key == "dtype":
-                config[key] = name
-    write_json(out / "config.json", config)
-    if (reference.model_dir / "generation_config.json").is_file():
-        shutil.copyfile(reference.model_dir / "generation_config.json", out / "generation_config.json")
+    """config.json (dtype updated) and generation config for a model; tokenizer files copied byte for byte."""
     for name in TOKENIZER_FILES:
         if (plan.tokenizer_dir / name).is_file():
             shutil.copyfile(plan.tokenizer_dir / name, out / name)
+    if plan.cfg.output_format == "adapter":
+        return  # a PEFT adapter directory: its base model's config is loaded from the base
+    reference = plan.base or plan.inputs[0]
+    if not (reference.model_dir / "config.json").is_file():
+        raise PolmError("has no config.json, which the merged model needs", where=reference.label)
+    config = read_json(reference.model_dir / "config.json", reference.label)
+    if plan.cfg.dtype != "auto":
+        name = str(DTYPES[plan.cfg.dtype]).removeprefix("torch.")
+        config.update({key: name for key in ("dtype", "torch_dtype") if key in config or key == "dtype"})
+    write_json(out / "config.json", config)
+    if (reference.model_dir / "generation_config.json").is_file():
+        shutil.copyfile(reference.model_dir / "generation_config.json", out / "generation_config.json")
 
 
 def execute(plan: MergePlan, progress: Callable[[int, int], None] | None = None) -> Path:
@@ -301,7 +305,12 @@ def execute(plan: MergePlan, progress: Callable[[int, int], None] | None = None)
     from polm.merge.card import model_card, write_lineage
 
     with atomic_dir(plan.output, plan.cfg.overwrite) as tmp:
-        files = write_weights(plan, tmp, progress)
+        if plan.cfg.output_format == "adapter":
+            from polm.merge.adapters import write_adapter
+
+            files = write_adapter(plan, tmp)
+        else:
+            files = write_weights(plan, tmp, progress)
         write_model_files(plan, tmp)
         (tmp / "README.md").write_text(model_card(plan))
         write_lineage(plan, tmp, files)

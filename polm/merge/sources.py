@@ -54,7 +54,8 @@ def read_json(path: Path, label: str) -> dict[str, Any]:
     return data
 
 
-def _safe_open(file: Path, label: str):
+def open_safetensors(file: Path, label: str):
+    """`safe_open(file)` (a context manager), or a PolmError naming the file that does not parse."""
     from safetensors import safe_open
 
     try:
@@ -94,7 +95,7 @@ class Checkpoint:
         self.meta: dict[str, TensorMeta] = {}
         self._file_of: dict[str, Path] = {}
         for file in self.files:
-            with _safe_open(file, label) as handle:
+            with open_safetensors(file, label) as handle:
                 for name in handle.keys():
                     view = handle.get_slice(name)
                     dtype = SAFETENSORS_DTYPES.get(view.get_dtype())
@@ -105,7 +106,7 @@ class Checkpoint:
                     self._file_of[name] = file
 
     def read(self, name: str) -> torch.Tensor:
-        with _safe_open(self._file_of[name], self.label) as handle:
+        with open_safetensors(self._file_of[name], self.label) as handle:
             return handle.get_tensor(name)
 
 
@@ -139,7 +140,7 @@ class AdapterApplied:
         if not self.file.is_file():
             raise PolmError(f"adapter '{adapter_dir}' has no adapter_model.safetensors", where=label,
                             fix="Save the adapter with save_pretrained (safetensors is the default).")
-        with _safe_open(self.file, label) as handle:
+        with open_safetensors(self.file, label) as handle:
             shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
         self.patches = _plan_patches(shapes, self.adapter_config, base.meta, label)
 
@@ -148,7 +149,7 @@ class AdapterApplied:
         patch = self.patches.get(name)
         if patch is None:
             return weight
-        with _safe_open(self.file, self.label) as handle:
+        with open_safetensors(self.file, self.label) as handle:
             parts = {role: handle.get_tensor(key).float() for role, key in patch.keys.items()}
         return _apply_patch(weight, patch, parts)
 

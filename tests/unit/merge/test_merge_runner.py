@@ -190,3 +190,39 @@ def test_slerp_between_two_adapters_folds_each_into_the_pretrained_base(tmp_path
     expected = merged_with_peft(models[0], b)
     for name, tensor in load_weights(out).items():
         torch.testing.assert_close(tensor, expected[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method,parameters", [("linear", {"weight": [0.3, 0.7]}),
+                                               ("task_arithmetic", {"weight": [{"filter": "v_proj", "value": 0.4},
+                                                                               {"value": [0.5, 1.5]}]})])
+def test_adapter_output_equals_the_full_model_merge(tmp_path, models, method, parameters):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    a = save_adapter(tmp_path / "a", models[0], seed=8, use_rslora=True, alpha_pattern={"v_proj": 3.0})
+    b = save_adapter(tmp_path / "b", models[0], seed=9, r=2, target_modules=["q_proj", "up_proj", "embed_tokens"])
+    ingredients = [{"model": str(a), "parameters": {"weight": parameters["weight"][0]} if method == "linear" else {}},
+                   {"model": str(b), "parameters": {"weight": parameters["weight"][1]} if method == "linear" else {}}]
+    shared = {} if method == "linear" else parameters
+    full = load_weights(run_merge(_cfg(tmp_path / "full", method=method, base=str(models[0]), models=ingredients,
+                                       parameters=shared)))
+    out = run_merge(_cfg(tmp_path / "adapter", method=method, base=str(models[0]), models=ingredients,
+                         parameters=shared, output_format="adapter"))
+    assert not (out / "config.json").exists() and (out / "adapter_config.json").is_file()
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(models[0]), out).merge_and_unload()
+    for name, tensor in merged.state_dict().items():
+        if name in full:
+            torch.testing.assert_close(tensor, full[name], rtol=1e-5, atol=1e-6)
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["rank_pattern"]["model.layers.0.self_attn.q_proj"] == 4 + 2          # ranks stack
+    assert config["rank_pattern"]["model.layers.0.mlp.up_proj"] == 2
+
+
+def test_adapter_output_refuses_what_has_no_low_rank_form(tmp_path, models):
+    dora = save_adapter(tmp_path / "dora", models[0], use_dora=True)
+    with pytest.raises(PolmError, match="output_format: method 'ties' has no low-rank form"):
+        _cfg(tmp_path / "o", method="ties", base=str(models[0]), models=[str(dora)], output_format="adapter")
+    _fails(tmp_path, "DoRA magnitudes", method="task_arithmetic", base=str(models[0]), models=[str(dora)],
+           output_format="adapter")
+    _fails(tmp_path, "is a full model", method="linear", base=str(models[0]), models=[str(models[1])],
+           output_format="adapter")
