@@ -140,7 +140,8 @@ def main() -> int:
             result = fn(settings, Path(tmp) / "run")
         common.write_worker_result(args.result, {**result, "peak_rss_mib": common.peak_rss_mib()})
         return 0
-    settings = Settings(device=args.device, **({"steps": 3, "max_new_tokens": 32} if args.quick else {}))
+    quick = {"steps": 3, "prompts_per_step": 2, "group_size": 4, "max_new_tokens": 32}
+    settings = Settings(device=args.device, **(quick if args.quick else {}))
     results = {}
     for name in ("polm", "trl"):
         raw = common.run_worker(SCRIPT, {"name": name, "settings": asdict(settings)})

@@ -62,6 +62,15 @@ class RolloutSettings:
     top_k: int = 0
     stop: list[str] = field(default_factory=list)
 
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(n=self.group_size, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                              top_p=self.top_p, top_k=self.top_k, stop=list(self.stop))
+
+    def check(self, train: TrainConfig) -> None:
+        """Valid sampling settings, and rollouts that fill whole optimizer steps."""
+        self.sampling().validate()
+        check_rollout_shape(self.prompts_per_rollout, self.group_size, train.micro_batch_size, train.grad_accum)
+
 
 @dataclass
 class GRPOConfig:
@@ -97,14 +106,7 @@ class GRPOConfig:
         if self.beta < 0 or self.clip_low <= 0 or self.clip_high <= 0:
             raise PolmError(f"beta must be >= 0 and clip_low/clip_high > 0 (got {self.beta}, {self.clip_low}, "
                             f"{self.clip_high})")
-        self.sampling().validate()
-        check_rollout_shape(self.rollout.prompts_per_rollout, self.rollout.group_size, self.train.micro_batch_size,
-                            self.train.grad_accum)
-
-    def sampling(self) -> SamplingConfig:
-        r = self.rollout
-        return SamplingConfig(n=r.group_size, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-                              top_p=r.top_p, top_k=r.top_k, stop=list(r.stop))
+        self.rollout.check(self.train)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -138,7 +140,7 @@ def run_grpo(cfg: GRPOConfig) -> dict:
 
     def make_rollout(records: list[dict], index: int) -> tuple[list[dict], dict[str, float]]:
         generator.sync_weights()
-        completions = generator.generate([r["prompt_ids"] for r in records], cfg.sampling(), seed=cfg.train.seed + index)
+        completions = generator.generate([r["prompt_ids"] for r in records], cfg.rollout.sampling(), seed=cfg.train.seed + index)
         G = cfg.rollout.group_size
         scores = rewards.score([c.text for c in completions], [records[c.prompt_index] for c in completions])
         advantages = ADVANTAGES.get(cfg.advantage)(torch.tensor(scores.total, dtype=torch.float32), G)

@@ -39,9 +39,9 @@ from polm.recipes.grpo import (
     save_final,
 )
 from polm.rewards import RewardSet
-from polm.rollout import SamplingConfig, build_generator
+from polm.rollout import build_generator
 from polm.rollout.batch import collate_rollout, completion_logprobs, policy_forward, token_entropy
-from polm.rollout.stream import RolloutStream, check_rollout_shape
+from polm.rollout.stream import RolloutStream
 from polm.rundir import check_output_dir, run_directory, write_json
 from polm.train.config import TrainConfig
 from polm.train.loop import StepOutput, train
@@ -59,7 +59,6 @@ class PPOConfig:
     rewards: dict[str, float] = field(default_factory=lambda: {"reasoning_gym": 1.0})
     reward_options: dict[str, dict] = field(default_factory=dict)
     beta: float = 0.05                 # per-token KL penalty (k1) in the reward
-    kl: str = "k1"                     # kept for make_reference / the resolved config; PPO-RLHF uses k1 in the reward
     gamma: float = 1.0
     lam: float = 0.95
     clip_low: float = 0.2
@@ -76,14 +75,7 @@ class PPOConfig:
             raise PolmError(f"gamma and lam must be in [0, 1], got {self.gamma}, {self.lam}")
         if self.beta < 0 or self.vf_coef < 0:
             raise PolmError(f"beta and vf_coef must be >= 0, got {self.beta}, {self.vf_coef}")
-        self.sampling().validate()
-        check_rollout_shape(self.rollout.prompts_per_rollout, self.rollout.group_size, self.train.micro_batch_size,
-                            self.train.grad_accum)
-
-    def sampling(self) -> SamplingConfig:
-        r = self.rollout
-        return SamplingConfig(n=r.group_size, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-                              top_p=r.top_p, top_k=r.top_k, stop=list(r.stop))
+        self.rollout.check(self.train)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -127,7 +119,7 @@ def run_ppo(cfg: PPOConfig) -> dict:
 
     def make_rollout(records: list[dict], index: int) -> tuple[list[dict], dict[str, float]]:
         generator.sync_weights()
-        completions = generator.generate([r["prompt_ids"] for r in records], cfg.sampling(), seed=cfg.train.seed + index)
+        completions = generator.generate([r["prompt_ids"] for r in records], cfg.rollout.sampling(), seed=cfg.train.seed + index)
         scores = rewards.score([c.text for c in completions], [records[c.prompt_index] for c in completions])
         examples = [{"prompt_ids": records[c.prompt_index]["prompt_ids"], "completion_ids": c.token_ids,
                      "old_logprobs": c.logprobs, "score": s} for c, s in zip(completions, scores.total)]

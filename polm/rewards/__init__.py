@@ -120,7 +120,7 @@ class RewardSet:
         if name not in self._reported:   # once per reward, the count goes to the metrics every step
             self._reported.add(name)
             print(f"polm: warning: reward '{name}' failed ({type(err).__name__}: {err}); such completions score 0 "
-                  "and are counted in reward/{name}/failures".replace("{name}", name), file=sys.stderr)
+                  f"and are counted in reward/{name}/failures", file=sys.stderr)
 
 
 from polm.rewards import builtin as _builtin  # noqa: E402,F401  (registers the built-in rewards)
