@@ -51,11 +51,12 @@ def polm_worker(s: Settings, out: Path) -> dict:
     cfg = load_config(GRPOConfig, None, [
         f"output_dir={out}", "overwrite=true", f"model.name={MODEL}", f"model.device={s.device}", "method=lora",
         f"lora.r={s.lora_r}", f"lora.alpha={2 * s.lora_r}", f"lora.target_modules=[{','.join(TARGETS)}]",
-        f"data.train={DATA}", f"data.prompt_suffix={SUFFIX}", f"rollout.prompts_per_rollout={s.prompts_per_step}",
+        f"data.train={DATA}", f"rollout.prompts_per_rollout={s.prompts_per_step}",
         f"rollout.group_size={s.group_size}", f"rollout.max_new_tokens={s.max_new_tokens}",
         f"rollout.temperature={s.temperature}", "rewards={reasoning_gym: 1.0}", "loss=grpo", "beta=0",
         f"train.max_steps={s.steps}", f"train.micro_batch_size={n}", "train.grad_accum=1", f"train.lr={s.lr}",
         "train.schedule=constant", f"train.seed={s.seed}", "train.progress=false", "train.tensorboard=false"])
+    cfg.data.prompt_suffix = SUFFIX   # set directly: YAML would read its ': ' as a mapping
     run_grpo(cfg)
     rows = [r for r in read_metrics(out) if "loss" in r]
     elapsed = [0.0] + [r["elapsed_s"] for r in rows]
