@@ -30,48 +30,22 @@ def _prompt_of(record: dict) -> str | list[dict]:
 
 @functools.lru_cache(maxsize=2)
 def _load_reward_model(path: str, device: str):
-    """A sequence-classification model with one output (the format `polm rm` and TRL's RewardTrainer write)."""
-    from transformers import AutoModelForSequenceClassification
+    """The `polm rm` loader (polm.recipes.reward), which formats (prompt, response) exactly as in RM training."""
+    from polm.recipes.reward import load_reward_model
 
-    from polm.models import load_tokenizer, resolve_device
-
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
-    except (OSError, ValueError) as err:
-        raise PolmError(f"cannot load reward model '{path}' ({str(err).splitlines()[0]})",
-                        where="reward_options.reward_model.model",
-                        fix="Point to the final/ directory of a `polm rm` run.") from None
-    model.to(resolve_device(device)).eval()
-    return model, load_tokenizer(path)
+    return load_reward_model(path, device=device)
 
 
 @reward("reward_model")
 def reward_model(completions: list[str], records: list[dict], model: str = "", device: str = "auto",
                  batch_size: int = 8) -> list[float]:
-    """The scalar score r(x, y) of a reward model on the chat (prompt, response)."""
+    """The scalar score r(x, y) of a reward model (`polm rm` output, or any one-output sequence classifier)."""
     if not model:
         raise PolmError("reward 'reward_model' needs a model", where="reward_options.reward_model.model",
                         fix="Set reward_options.reward_model.model=runs/rm/final.")
-    rm, tok = _load_reward_model(model, device)
-    texts = [_chat_text(tok, _prompt_of(r), c) for c, r in zip(completions, records)]
-    scores: list[float] = []
-    side, tok.padding_side = tok.padding_side, "right"
-    try:
-        for i in range(0, len(texts), batch_size):
-            enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-            with torch.no_grad():
-                scores += rm(**enc.to(rm.device)).logits[:, 0].float().tolist()
-    finally:
-        tok.padding_side = side
-    return scores
-
-
-def _chat_text(tok, prompt: str | list[dict], response: str) -> str:
-    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-    messages = [*messages, {"role": "assistant", "content": response}]
-    if getattr(tok, "chat_template", None):
-        return tok.apply_chat_template(messages, tokenize=False)
-    return "\n".join(m["content"] for m in messages)
+    rm = _load_reward_model(model, device)
+    items = [{"prompt": _prompt_of(r), "completion": c} for c, r in zip(completions, records)]
+    return rm.score(items, batch_size=batch_size)
 
 
 @functools.lru_cache(maxsize=2)

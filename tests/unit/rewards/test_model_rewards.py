@@ -26,14 +26,15 @@ def rm_dir(tmp_path_factory, tiny_tokenizer):
 def test_reward_model_scores_equal_a_plain_forward(rm_dir, tiny_tokenizer):
     from transformers import AutoModelForSequenceClassification
 
+    from polm.data.preferences import encode_completion
+
     records = [{"prompt": "What is 12 + 7?"}, {"messages": [{"role": "user", "content": "Hello"}]}]
-    got = REWARDS.get("reward_model")(["19", "hello world"], records, model=str(rm_dir), device="cpu", batch_size=1)
+    got = REWARDS.get("reward_model")(["19", "hello world"], records, model=str(rm_dir), device="cpu", batch_size=2)
     rm = AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()
     for score, (prompt, reply) in zip(got, [("What is 12 + 7?", "19"), ("Hello", "hello world")]):
-        text = tiny_tokenizer.apply_chat_template([{"role": "user", "content": prompt},
-                                                   {"role": "assistant", "content": reply}], tokenize=False)
+        ids = encode_completion([{"role": "user", "content": prompt}], reply, tiny_tokenizer, True)[0]
         with torch.no_grad():
-            ref = rm(**tiny_tokenizer(text, return_tensors="pt", add_special_tokens=False)).logits[0, 0].item()
+            ref = rm(input_ids=torch.tensor([ids])).logits[0, 0].item()
         assert score == pytest.approx(ref, abs=1e-5)
 
 
