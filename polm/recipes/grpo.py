@@ -178,7 +178,8 @@ def run_grpo(cfg: GRPOConfig) -> dict:
     lineage = {"model": cfg.model.name, "data": data_info}
     with run_directory(run_dir, cfg, recipe="grpo", overwrite=cfg.overwrite, lineage=lineage):
         result = train(model=model, step_fn=step, batches=stream, cfg=cfg.train, run_dir=run_dir, eval_fn=eval_fn)
-        timing = {"generation_s": stream.generation_s, "training_s": result.elapsed_s - stream.generation_s,
+        timing = {"generation_s": stream.session_generation_s,
+                  "training_s": result.elapsed_s - stream.session_generation_s,
                   "reward_failures": dict(rewards.failures)}
         write_json(run_dir / "timing.json", timing)
         final_dir = save_final(model, tokenizer, cfg, run_dir)

@@ -149,8 +149,8 @@ def run_ppo(cfg: PPOConfig) -> dict:
     with run_directory(run_dir, cfg, recipe="ppo", overwrite=cfg.overwrite,
                        lineage={"model": cfg.model.name, "data": data_info}):
         result = train(model=model, step_fn=step, batches=stream, cfg=cfg.train, run_dir=run_dir, params=params)
-        write_json(run_dir / "timing.json", {"generation_s": stream.generation_s,
-                                             "training_s": result.elapsed_s - stream.generation_s,
+        write_json(run_dir / "timing.json", {"generation_s": stream.session_generation_s,
+                                             "training_s": result.elapsed_s - stream.session_generation_s,
                                              "reward_failures": dict(rewards.failures)})
         final_dir = save_final(model, tokenizer, cfg, run_dir, recipe="PPO")
         save_value_head(head, final_dir)

@@ -52,7 +52,8 @@ class RolloutStream:
         self.plan: list[list[int]] = []    # micro-batches (indices into examples) still to serve
         self.metrics: dict[str, float] = {}
         self.served = 0                    # micro-batches served in total
-        self.generation_s = 0.0            # wall time spent in make_rollout, in total
+        self.generation_s = 0.0            # wall time spent in make_rollout, in total (kept across resumes)
+        self.session_generation_s = 0.0    # ... in this process only, to split this call's wall time
 
     def steps_per_epoch(self, grad_accum: int) -> int:
         """Optimizer steps for one pass over the prompts (each rollout used `epochs` times)."""
@@ -70,6 +71,7 @@ class RolloutStream:
         self.index += 1
         seconds = time.perf_counter() - started
         self.generation_s += seconds
+        self.session_generation_s += seconds
         return seconds
 
     def __iter__(self) -> RolloutStream:
