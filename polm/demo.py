@@ -115,10 +115,11 @@ def print_table(before: dict, after: dict, gains: dict, timings: dict) -> None:
     for name, entry in before["tasks"].items():
         b, a = entry["metrics"]["accuracy"], after["tasks"][name]["metrics"]["accuracy"]
         g = gains[name]
-        table.add_row(name, str(entry["n"]), _fmt(b), _fmt(a),
+        table.add_row(name.split("?")[0], str(entry["n"]), _fmt(b), _fmt(a),
                       f"{g['diff']:+.1%} [{g['ci_low']:+.1%}, {g['ci_high']:+.1%}]")
-    Console().print(table)
-    Console().print("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    console = Console(width=max(Console().width, 110))
+    console.print(table)
+    console.print("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
 
 
 def _fmt(stats: dict) -> str:
