@@ -134,10 +134,12 @@ class StepClock:
 # --- the physical limit ------------------------------------------------------------------------------
 
 def matmul_peak_flops(device: str = "cpu", n: int | None = None, repeats: int = 5) -> dict:
-    """Best-of-`repeats` FLOP/s of one n×n @ n×n matmul (2n³ FLOPs): fp32 on CPU, bf16 on CUDA.
+    """Best-of-`repeats` rate of one n×n @ n×n matmul (2n³ FLOPs): fp32 on CPU, bf16 on CUDA.
 
-    This is the machine's practical ceiling in the same run, the denominator of model FLOPs
-    utilisation (MFU). Default n: 2048 on CPU (~17 GFLOP, a fraction of a second), 8192 on CUDA.
+    This is the machine's practical ceiling, measured in the same run: the denominator of model
+    FLOPs utilisation (MFU). On CPU it is also given per CPU-second (`flops_per_cpu_s`, the rate of
+    the cores this process was actually granted), which other processes' load disturbs far less than
+    wall time. Default n: 2048 on CPU (~17 GFLOP), 8192 on CUDA.
     """
     import torch
 
@@ -146,17 +148,20 @@ def matmul_peak_flops(device: str = "cpu", n: int | None = None, repeats: int = 
     dtype = torch.bfloat16 if cuda else torch.float32
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
-    best = float("inf")
+    wall, cpu = float("inf"), float("inf")
     for i in range(repeats + 1):
         if cuda:
             torch.cuda.synchronize()
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         a @ b
         if cuda:
             torch.cuda.synchronize()
         if i > 0:  # the first call pays for allocation and kernel selection
-            best = min(best, time.perf_counter() - started)
-    return {"n": n, "dtype": str(dtype).removeprefix("torch."), "seconds": best, "flops_per_s": 2 * n**3 / best}
+            wall = min(wall, time.perf_counter() - started)
+            cpu = min(cpu, time.process_time() - started_cpu)
+    flops = 2 * n**3
+    return {"n": n, "dtype": str(dtype).removeprefix("torch."), "seconds": wall, "flops_per_s": flops / wall,
+            "flops_per_cpu_s": None if cuda else flops / cpu}
 
 
 # --- alternating A/B trials --------------------------------------------------------------------------
