@@ -38,7 +38,10 @@ def adapter_coefficients(plan: MergePlan, target: str) -> list[float]:
 
 
 def check_adapter_plan(plan: MergePlan) -> None:
-    """Every input a plain LoRA adapter (MergeConfig.validate has checked the method)."""
+    """A full-model base and plain LoRA adapters as inputs (MergeConfig.validate has checked the method)."""
+    if plan.base is not None and plan.base.kind == "adapter":
+        raise PolmError("with output_format: adapter the base must be a full model, not an adapter", where="base",
+                        fix="Set base: to the pretrained model the adapters were trained on.")
     for inp in plan.inputs:
         if not isinstance(inp.source, AdapterApplied):
             raise PolmError("is a full model; output_format: adapter merges LoRA adapters only", where=inp.label,

@@ -226,3 +226,6 @@ def test_adapter_output_refuses_what_has_no_low_rank_form(tmp_path, models):
            output_format="adapter")
     _fails(tmp_path, "is a full model", method="linear", base=str(models[0]), models=[str(models[1])],
            output_format="adapter")
+    plain = save_adapter(tmp_path / "plain", models[0])
+    _fails(tmp_path, "the base must be a full model", method="task_arithmetic", base=str(plain),
+           models=[str(dora)], output_format="adapter")
