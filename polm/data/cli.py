@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--out", required=True, help="output .jsonl")
         p.add_argument("--limit", type=int, default=None, help="use the first N records")
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--prompt-suffix", default="",
+                       help="appended to every prompt on a new line, e.g. the eval's answer-format instruction")
         if name == "references":
             p.add_argument("--perturb", default="wrong-number,truncate",
                            help="comma list of: wrong-number, truncate (used in turn)")
@@ -56,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     loaded = load_records(args.data, require_targets=args.builder == "references", allowed={"prompt_completion"})
     records = loaded.records[:args.limit] if args.limit else loaded.records
+    if args.prompt_suffix:
+        records = [{**r, "prompt": with_suffix(r["prompt"], args.prompt_suffix)} for r in records]
     builder = {"onpolicy": onpolicy_pairs, "references": reference_pairs, "judge": judged_pairs}[args.builder]
     pairs, stats = builder(records, args)
     if not pairs:
@@ -65,6 +69,16 @@ def run(args: argparse.Namespace) -> int:
     write_json(Path(args.out).with_suffix(".stats.json"), {"builder": args.builder, "data": args.data, **stats})
     print(f"wrote {len(pairs)} pairs to {args.out} ({stats})")
     return 0
+
+
+def with_suffix(prompt, suffix: str):
+    """The prompt with `suffix` on a new line: appended to a string, or to the last user turn of chat turns."""
+    if isinstance(prompt, str):
+        return f"{prompt}\n{suffix}"
+    turns = [dict(t) for t in prompt]
+    last_user = max(i for i, t in enumerate(turns) if t.get("role") == "user")
+    turns[last_user]["content"] = f"{turns[last_user]['content']}\n{suffix}"
+    return turns
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

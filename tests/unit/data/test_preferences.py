@@ -152,3 +152,19 @@ def test_references_builder_writes_pairs_with_provenance(tmp_path, capsys):
     assert rows[0]["rejected"].startswith("0 + 2 = 2\nAnswer: ") and rows[0]["rejected"] != rows[0]["chosen"]
     # the output is valid training data
     assert len(load_preferences(str(out)).records) == 6
+
+
+def test_prompt_suffix_reaches_every_prompt_string_or_chat(tmp_path):
+    from polm.cli import main
+    from polm.data.cli import with_suffix
+
+    src = tmp_path / "refs.jsonl"
+    src.write_text(json.dumps({"prompt": "What is 1 + 2?", "completion": "1 + 2 = 3\nAnswer: 3"}) + "\n")
+    out = tmp_path / "pairs.jsonl"
+    assert main(["data", "preferences", "references", "--data", str(src), "--out", str(out),
+                 "--prompt-suffix", "Reply as 'Answer: <n>'."]) == 0
+    assert json.loads(out.read_text())["prompt"] == "What is 1 + 2?\nReply as 'Answer: <n>'."
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+             {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "2 + 2?"}]
+    assert with_suffix(turns, "S")[-1]["content"] == "2 + 2?\nS" and turns[-1]["content"] == "2 + 2?"
+    assert with_suffix(turns, "S")[1]["content"] == "Hi"
