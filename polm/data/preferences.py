@@ -9,6 +9,8 @@ turns) is accepted too: the shared turns become the prompt.
 
 from __future__ import annotations
 
+import json
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,3 +209,22 @@ def mismatched(examples: list[dict], max_length: int) -> list[dict]:
         labels = ([IGNORE_INDEX] * k + other["labels"][j:])[:max_length]
         out.append({"input_ids": ids, "labels": labels})
     return out
+
+
+def split_by_prompt(records: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, held_out) with about `fraction` of the records held out, whole prompts at a time: every pair
+    (or KTO example) of one prompt lands on the same side, so held-out accuracy is measured on prompts
+    the model never trained on. At least one prompt is held out when there are two or more."""
+    groups: dict[str, list[int]] = {}
+    for i, record in enumerate(records):
+        groups.setdefault(json.dumps(record["prompt"], sort_keys=True), []).append(i)
+    keys = list(groups)
+    if fraction <= 0 or len(keys) < 2:
+        return list(records), []
+    random.Random(seed).shuffle(keys)
+    target, held = max(1, round(len(records) * fraction)), set()
+    for key in keys[:-1]:                       # never hold out every prompt
+        if len(held) >= target:
+            break
+        held.update(groups[key])
+    return ([r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held])

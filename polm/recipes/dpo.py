@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -26,7 +25,7 @@ import torch
 
 from polm.data.collate import pack_collate, pad_collate
 from polm.data.loaders import summarize_skips
-from polm.data.preferences import encode_pairs, encode_unpaired, load_preferences, mismatched
+from polm.data.preferences import encode_pairs, encode_unpaired, load_preferences, mismatched, split_by_prompt
 from polm.errors import PolmError
 from polm.losses import PREFERENCE_LOSSES, PairLogps, UnpairedLogps
 from polm.models import LoraConfig, ModelConfig, attach_adapter, load_model, load_tokenizer
@@ -165,10 +164,7 @@ def prepare_data(cfg: DPOConfig, tokenizer, unpaired: bool) -> tuple[list[dict],
     if cfg.data.eval:
         eval_records = load_preferences(cfg.data.eval, unpaired=unpaired, skip_invalid=cfg.data.skip_invalid).records
     elif cfg.data.eval_fraction > 0:
-        order = list(range(len(records)))
-        random.Random(cfg.train.seed).shuffle(order)
-        n_eval = max(1, int(len(records) * cfg.data.eval_fraction))
-        eval_records, records = [records[i] for i in order[:n_eval]], [records[i] for i in order[n_eval:]]
+        records, eval_records = split_by_prompt(records, cfg.data.eval_fraction, cfg.train.seed)
     encode = encode_unpaired if unpaired else encode_pairs
     opts = dict(max_length=cfg.data.max_length, chat=cfg.data.chat)
     examples, stats = encode(records, tokenizer, **opts)

@@ -13,7 +13,6 @@ turns it into a reward function.
 from __future__ import annotations
 
 import argparse
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +22,7 @@ from torch import nn
 
 from polm.data.collate import pad_collate
 from polm.data.loaders import summarize_skips
-from polm.data.preferences import encode_completion, load_preferences
+from polm.data.preferences import encode_completion, load_preferences, split_by_prompt
 from polm.errors import PolmError
 from polm.losses import REWARD_MODEL_LOSSES
 from polm.models import LoraConfig, ModelConfig, load_tokenizer, resolve_device, resolve_dtype
@@ -157,11 +156,8 @@ def prepare_data(cfg: RMConfig, tokenizer) -> tuple[list[dict], list[dict], dict
     records, eval_records = loaded.records, []
     if cfg.data.eval:
         eval_records = load_preferences(cfg.data.eval, skip_invalid=cfg.data.skip_invalid).records
-    elif cfg.data.eval_fraction > 0 and len(records) > 1:
-        order = list(range(len(records)))
-        random.Random(cfg.train.seed).shuffle(order)
-        n_eval = max(1, int(len(records) * cfg.data.eval_fraction))
-        eval_records, records = [records[i] for i in order[:n_eval]], [records[i] for i in order[n_eval:]]
+    elif cfg.data.eval_fraction > 0:
+        records, eval_records = split_by_prompt(records, cfg.data.eval_fraction, cfg.train.seed)
     examples, too_long = encode_for_scoring(records, tokenizer, cfg.data.max_length, cfg.data.chat)
     if not examples:
         raise PolmError(f"no pair is left from '{cfg.data.train}' after tokenization ({too_long} prompts longer "

@@ -168,3 +168,15 @@ def test_prompt_suffix_reaches_every_prompt_string_or_chat(tmp_path):
              {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "2 + 2?"}]
     assert with_suffix(turns, "S")[-1]["content"] == "2 + 2?\nS" and turns[-1]["content"] == "2 + 2?"
     assert with_suffix(turns, "S")[1]["content"] == "Hi"
+
+
+def test_held_out_split_keeps_each_prompt_on_one_side():
+    from polm.data.preferences import split_by_prompt
+
+    records = [{"prompt": f"q{i // 2}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(20)]   # 2 pairs per prompt
+    train, held = split_by_prompt(records, 0.2, seed=0)
+    assert len(held) == 4 and len(train) == 16
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in held}
+    assert split_by_prompt(records, 0.2, seed=0) == (train, held)                # seeded
+    assert split_by_prompt(records[:2], 0.5, seed=0) == (records[:2], [])        # one prompt: nothing to hold out
+    assert split_by_prompt(records, 0.0, seed=0) == (records, [])

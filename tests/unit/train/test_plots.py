@@ -33,3 +33,25 @@ def test_loss_lr_and_grad_norm_plots_are_written(tmp_path):
 def test_no_metrics_is_a_polm_error(tmp_path):
     with pytest.raises(PolmError, match="no training loss to plot"):
         plot_metrics(tmp_path)
+
+
+def test_rl_runs_get_a_reward_plot_with_each_component(tmp_path, monkeypatch):
+    import polm.train.plots as plots
+
+    seen = {}
+    real = plots._save_figure
+
+    def spy(curves, ylabel, title, path):
+        seen[path.name] = curves
+        return real(curves, ylabel, title, path)
+
+    monkeypatch.setattr(plots, "_save_figure", spy)
+    logger = MetricsLogger(tmp_path, tensorboard=False)
+    for step in range(1, 6):
+        logger.log({"step": step, "loss": 0.1, "reward/mean": 0.2 * step, "reward/std": 0.1,
+                    "reward/reasoning_gym/mean": 0.15 * step, "reward/format/mean": 0.05 * step})
+    logger.close()
+    written = plot_metrics(tmp_path)
+    assert [p.name for p in written] == ["loss.png", "reward.png"]
+    assert sorted(seen["reward.png"]) == ["format", "reasoning_gym", "total"]
+    assert seen["reward.png"]["total"] == ([1, 2, 3, 4, 5], [0.2, 0.4, 0.6000000000000001, 0.8, 1.0])
