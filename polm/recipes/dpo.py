@@ -44,7 +44,7 @@ from polm.rundir import check_output_dir, records_sha256, run_directory
 from polm.train.batches import BatchStream
 from polm.train.config import TrainConfig
 from polm.train.heldout import make_heldout_eval
-from polm.train.loop import StepOutput, train
+from polm.train.loop import StepOutput, autocast_context, resolve_precision, train
 from polm.train.plots import plot_metrics
 
 LOSS_PARAMS = ("beta", "label_smoothing", "gamma", "sft_weight", "desirable_weight", "undesirable_weight")
@@ -232,13 +232,20 @@ def build_reference(cfg: DPOConfig, model, tokenizer, examples: list[dict], coll
     # before the first update the policy (adapters off, or itself) IS the reference
     once = Reference("adapter" if peft else "initial", model, chunk)
     seqs = [s for ex in examples for s in sequences_of(ex)]
+    device = next(model.parameters()).device
+    # the pass runs under the loop's autocast: the policy's step-1 log-probs must equal these exactly
+    precision = resolve_precision(cfg.train.precision, device)
     key = cache_key(model_fingerprint(resolve_path(cfg.model.name)), [s["input_ids"] for s in seqs],
                     getattr(tokenizer, "chat_template", None),
-                    {"labels": records_sha256([{"l": s["labels"]} for s in seqs]), "dtype": cfg.model.dtype})
+                    {"labels": records_sha256([{"l": s["labels"]} for s in seqs]), "dtype": cfg.model.dtype,
+                     "precision": precision})
     pair_collate = (lambda s: pack_collate(s)) if cfg.data.packing else (lambda s: pad_collate(s, tokenizer.pad_token_id))
-    device = next(model.parameters()).device
-    logps, hit = cached_reference_logps(key, Path(cfg.reference.cache_dir),
-                                        lambda: reference_pass(once, seqs, pair_collate, cfg.reference.batch_size, device))
+
+    def compute() -> torch.Tensor:
+        with autocast_context(precision, device):
+            return reference_pass(once, seqs, pair_collate, cfg.reference.batch_size, device)
+
+    logps, hit = cached_reference_logps(key, Path(cfg.reference.cache_dir), compute)
     pairs = logps.view(-1, 2).tolist()
     for ex, ref in zip(examples, pairs):
         ex["ref"] = ref
