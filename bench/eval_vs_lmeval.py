@@ -13,14 +13,13 @@ script fails if the two accuracies differ. Writes bench/results/eval_vs_lmeval.j
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import common
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -45,17 +44,6 @@ def run_lmeval(hflm, task_dir: Path, limit: int) -> tuple[float, float]:
     start = time.perf_counter()
     out = simple_evaluate(model=hflm, tasks=[TASK], task_manager=manager, limit=limit, bootstrap_iters=0)
     return time.perf_counter() - start, out["results"][TASK]["acc,none"]
-
-
-def machine(device: str) -> dict:
-    import lm_eval
-    import torch
-
-    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
-            "lm_eval": getattr(lm_eval, "__version__", "?"), "python": sys.version.split()[0]}
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def main() -> int:
@@ -84,33 +72,30 @@ def main() -> int:
     adapter = ModelAdapter.load(path, device=args.device, dtype="fp32", batch_size=args.batch_size, chat="false")
     hflm = HFLM(pretrained=path, device=args.device, dtype="float32", batch_size=args.batch_size)
 
-    run_polm(adapter, 2)                      # warm-up: allocator, kernels, tokenizer caches
-    run_lmeval(hflm, task_dir, 2)
-    polm_times, lm_times, accs = [], [], set()
-    for _ in range(args.repeats):             # alternate A B A B so drift in machine load hits both
-        seconds, acc = run_polm(adapter, args.limit)
-        polm_times.append(seconds)
-        accs.add(("polm", acc))
-        seconds, acc = run_lmeval(hflm, task_dir, args.limit)
-        lm_times.append(seconds)
-        accs.add(("lm-eval", acc))
-    polm_acc = {a for who, a in accs if who == "polm"}
-    lm_acc = {a for who, a in accs if who == "lm-eval"}
-    polm_rate = args.limit / statistics.median(polm_times)
-    lm_rate = args.limit / statistics.median(lm_times)
+    trials = {"polm": lambda: _measure(run_polm, adapter, args.limit),
+              "lm-eval": lambda: _measure(run_lmeval, hflm, task_dir, args.limit)}
+    warmups = {"polm": lambda: _measure(run_polm, adapter, 2),    # allocator, kernels, tokenizer caches
+               "lm-eval": lambda: _measure(run_lmeval, hflm, task_dir, 2)}
+    runs, _ = common.alternate(trials, args.repeats, warmups)
+    rate = {name: args.limit / common.median([r["seconds"] for r in rs]) for name, rs in runs.items()}
+    accs = {name: sorted({r["accuracy"] for r in rs}) for name, rs in runs.items()}
     result = {"workload": f"gpqa-diamond loglikelihood, {args.limit} items x 4 choices, plain zero-shot",
               "model": args.model, "device": args.device, "batch_size": args.batch_size, "repeats": args.repeats,
-              "polm_samples_per_s": round(polm_rate, 3), "lmeval_samples_per_s": round(lm_rate, 3),
-              "speedup": round(polm_rate / lm_rate, 3), "polm_accuracy": sorted(polm_acc),
-              "lmeval_accuracy": sorted(lm_acc), "same_accuracy": polm_acc == lm_acc,
-              "peer_options": "lm-eval HFLM defaults (batch_size as above, fp32)", "machine": machine(args.device)}
-    print(f"{'workload':<60} {'polm':>10} {'lm-eval':>10} {'ratio':>7}")
-    print(f"{result['workload']:<60} {polm_rate:>8.2f}/s {lm_rate:>8.2f}/s {polm_rate / lm_rate:>6.2f}x")
-    print(f"accuracy: polm {sorted(polm_acc)}  lm-eval {sorted(lm_acc)}  same: {result['same_accuracy']}")
-    out = Path(__file__).parent / "results" / "eval_vs_lmeval.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+              "polm_samples_per_s": round(rate["polm"], 3), "lmeval_samples_per_s": round(rate["lm-eval"], 3),
+              "speedup": round(rate["polm"] / rate["lm-eval"], 3), "polm_accuracy": accs["polm"],
+              "lmeval_accuracy": accs["lm-eval"], "same_accuracy": accs["polm"] == accs["lm-eval"],
+              "peer_options": "lm-eval HFLM defaults (batch_size as above, fp32)",
+              "machine": common.machine_description(args.device, ("torch", "transformers", "lm_eval"))}
+    print(common.format_table(["workload", "polm samples/s", "lm-eval samples/s", "ratio", "accuracy (both)"],
+                              [[result["workload"], rate["polm"], rate["lm-eval"], result["speedup"],
+                                f"{accs['polm']} / {accs['lm-eval']}"]]))
+    common.write_json_atomic(common.RESULTS_DIR / "eval_vs_lmeval.json", result)
     return 0 if result["same_accuracy"] else 1
+
+
+def _measure(fn, *args) -> dict:
+    seconds, accuracy = fn(*args)
+    return {"seconds": seconds, "accuracy": accuracy}
 
 
 if __name__ == "__main__":
