@@ -31,6 +31,7 @@ class GenerationSettings:
     chat: bool = True             # apply the tokenizer's chat template when it has one
     stop: tuple[str, ...] = ()
     seed: int = 0
+    progress: bool = False        # a progress bar over the prompts on stderr (long offline sampling jobs)
 
 
 def format_prompt(tokenizer, prompt: str | list[dict], chat: bool) -> str:
@@ -54,6 +55,9 @@ def generate(model, tokenizer, prompts: list, settings: GenerationSettings) -> l
     was_training = model.training
     model.eval()
     out: list[list[str]] = []
+    from polm.train.metrics import ProgressBar
+
+    bar = ProgressBar(len(texts), 0, settings.progress, label="sample")
     try:
         for start in range(0, len(texts), settings.batch_size):
             chunk = texts[start:start + settings.batch_size]
@@ -63,7 +67,9 @@ def generate(model, tokenizer, prompts: list, settings: GenerationSettings) -> l
             decoded = [_cut(tokenizer.decode(row, skip_special_tokens=True), settings.stop) for row in new]
             n = settings.num_samples
             out += [decoded[i * n:(i + 1) * n] for i in range(len(chunk))]
+            bar.advance_to(len(out), f"{len(out) * n} completions")
     finally:
+        bar.close()
         tokenizer.padding_side = side
         model.train(was_training)
     return out

@@ -115,7 +115,8 @@ def onpolicy_pairs(records: list[dict], args) -> tuple[list[dict], dict]:
 
     model, tokenizer = load_for_inference(args.model)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                  num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed)
+                                  num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
+                                  progress=True)
     samples = generate(model, tokenizer, [r["prompt"] for r in records], settings)
     rng, pairs = random.Random(args.seed), []
     stats = {"prompts": len(records), "all_correct": 0, "none_correct": 0, "samples": args.num_samples}
@@ -195,7 +196,7 @@ def judged_pairs(records: list[dict], args) -> tuple[list[dict], dict]:
 
     model, tokenizer = load_for_inference(args.model)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, num_samples=2,
-                                  batch_size=args.batch_size, seed=args.seed)
+                                  batch_size=args.batch_size, seed=args.seed, progress=True)
     samples = generate(model, tokenizer, [r["prompt"] for r in records], settings)
     del model
     kept = [(i, r, s) for i, (r, s) in enumerate(zip(records, samples)) if s[0].strip() != s[1].strip()]

@@ -76,9 +76,10 @@ def _tensorboard_writer(log_dir: Path, resume_step: int):
 
 
 class ProgressBar:
-    """A rich progress bar on stderr with ETA and live loss/lr; does nothing when disabled."""
+    """A rich progress bar on stderr with ETA and a live status (loss/lr while training); does nothing
+    when disabled."""
 
-    def __init__(self, total: int, start: int, enabled: bool):
+    def __init__(self, total: int, start: int, enabled: bool, label: str = "train"):
         self._progress = None
         if not enabled:
             return
@@ -93,16 +94,19 @@ class ProgressBar:
         )
 
         self._progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
             console=Console(file=sys.stderr),
         )
-        self._task = self._progress.add_task("train", total=total, completed=start, status="")
+        self._task = self._progress.add_task(label, total=total, completed=start, status="")
         self._progress.start()
 
     def update(self, step: int, loss: float, lr: float) -> None:
+        self.advance_to(step, f"loss {loss:.4f}  lr {lr:.2e}")
+
+    def advance_to(self, completed: int, status: str = "") -> None:
         if self._progress is not None:
-            self._progress.update(self._task, completed=step, status=f"loss {loss:.4f}  lr {lr:.2e}")
+            self._progress.update(self._task, completed=completed, status=status)
 
     def close(self) -> None:
         if self._progress is not None:
