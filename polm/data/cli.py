@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--batch-size", type=int, default=16)
         if name == "onpolicy":
             p.add_argument("--pairs-per-prompt", type=int, default=1)
+            p.add_argument("--min-chosen-score", type=float, default=1.0,
+                           help="a chosen sample must score at least this (1.0: verified correct; 0: the best-scored "
+                                "sample of its group, e.g. a partial-credit answer, against a lower-scored one)")
         else:
             p.add_argument("--judge", required=True, help="the judge model")
 
@@ -119,11 +122,15 @@ def onpolicy_pairs(records: list[dict], args) -> tuple[list[dict], dict]:
                                   progress=True)
     samples = generate(model, tokenizer, [r["prompt"] for r in records], settings)
     rng, pairs = random.Random(args.seed), []
-    stats = {"prompts": len(records), "all_correct": 0, "none_correct": 0, "samples": args.num_samples}
+    stats = {"prompts": len(records), "all_correct": 0, "none_correct": 0, "best_below_min_chosen_score": 0,
+             "samples": args.num_samples, "min_chosen_score": args.min_chosen_score}
     for i, (record, texts) in enumerate(zip(records, samples)):
         scores = [score_response(t, record) for t in texts]
         if max(scores) == min(scores):
             stats["all_correct" if max(scores) > 0 else "none_correct"] += 1
+            continue
+        if max(scores) < args.min_chosen_score:
+            stats["best_below_min_chosen_score"] += 1
             continue
         for c, r in pair_by_score(texts, scores, args.pairs_per_prompt, rng):
             pairs.append({"prompt": record["prompt"], "chosen": texts[c], "rejected": texts[r],

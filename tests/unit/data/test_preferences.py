@@ -180,3 +180,28 @@ def test_held_out_split_keeps_each_prompt_on_one_side():
     assert split_by_prompt(records, 0.2, seed=0) == (train, held)                # seeded
     assert split_by_prompt(records[:2], 0.5, seed=0) == (records[:2], [])        # one prompt: nothing to hold out
     assert split_by_prompt(records, 0.0, seed=0) == (records, [])
+
+
+def test_onpolicy_pairs_need_a_verified_chosen_unless_asked(monkeypatch):
+    """Chosen = a sample scoring >= --min-chosen-score (1.0: verified correct), rejected = a lower-scored one."""
+    import argparse
+
+    import polm.data.builtin
+    import polm.generate
+    from polm.data.cli import onpolicy_pairs
+
+    samples = {"p1": ["right", "wrong", "wrong"], "p2": ["closer", "wrong", "wrong"], "p3": ["wrong"] * 3}
+    scores = {"right": 1.0, "closer": 0.5, "wrong": 0.0}
+    monkeypatch.setattr(polm.generate, "load_for_inference", lambda name: (None, None))
+    monkeypatch.setattr(polm.generate, "generate", lambda m, t, prompts, s: [samples[p] for p in prompts])
+    monkeypatch.setattr(polm.data.builtin, "score_response", lambda text, record: scores[text])
+    records = [{"prompt": p, "answer": "x"} for p in samples]
+    args = argparse.Namespace(model="m", data="d", max_new_tokens=8, temperature=0.8, num_samples=3, batch_size=4,
+                              seed=0, pairs_per_prompt=1, min_chosen_score=1.0)
+    pairs, stats = onpolicy_pairs(records, args)
+    assert [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == [("p1", "right", "wrong")]
+    assert stats["best_below_min_chosen_score"] == 1 and stats["none_correct"] == 1
+    args.min_chosen_score = 0.0
+    pairs, _ = onpolicy_pairs(records, args)
+    assert [(p["chosen"], p["chosen_score"], p["rejected_score"]) for p in pairs] == [("right", 1.0, 0.0),
+                                                                                      ("closer", 0.5, 0.0)]
