@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from polm.errors import PolmError
-from polm.ops import IGNORE_INDEX, causal_targets, token_logprobs
+from polm.ops import IGNORE_INDEX, causal_targets, model_logprobs
 
 MODEL_KEYS = ("input_ids", "attention_mask", "position_ids")
 
@@ -33,8 +33,7 @@ def completion_logps(model: nn.Module, batch: dict, chunk_size: int | None = 102
     """
     targets = causal_targets(batch["labels"], batch.get("position_ids"))
     inputs = {k: batch[k] for k in MODEL_KEYS if k in batch}
-    logits = model(**inputs, use_cache=False).logits   # use_cache=False keeps packed sequences apart
-    per_token = token_logprobs(logits, targets, chunk_size)
+    per_token = model_logprobs(model, inputs, targets, chunk_size).logprobs   # no [N,T,V] logits on a plain head
     valid = (targets != IGNORE_INDEX).to(per_token.dtype)
     if "position_ids" not in batch:
         return per_token.sum(-1), valid.sum(-1)

@@ -2,22 +2,28 @@
 
 from polm.ops.logprobs import (
     IGNORE_INDEX,
+    ModelLogprobs,
     causal_lm_loss,
     causal_targets,
     chunked_cross_entropy,
+    fused_token_logprobs,
     masked_mean,
     masked_sum,
+    model_logprobs,
     sequence_logprobs,
     token_logprobs,
 )
 
 __all__ = [
     "IGNORE_INDEX",
+    "ModelLogprobs",
     "causal_lm_loss",
     "causal_targets",
     "chunked_cross_entropy",
+    "fused_token_logprobs",
     "masked_mean",
     "masked_sum",
+    "model_logprobs",
     "sequence_logprobs",
     "token_logprobs",
 ]

@@ -6,6 +6,8 @@ shift once so every recipe agrees on which position predicts which token.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -53,6 +55,39 @@ def _row_chunks(n: int, chunk_size: int | None) -> list[tuple[int, int]]:
     return [(i, min(i + step, n)) for i in range(0, n, step)]
 
 
+def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """z = (h @ weightᵀ) / T for one chunk of rows, at least fp32: h [c,H], weight [V,H] -> [c,V].
+
+    The matmul runs in the inputs' dtype (or under the caller's autocast), as the model's own output
+    layer would, and only its result is upcast.
+    """
+    z = h @ weight.T
+    z = z.to(_acc(z.dtype))
+    return z.div_(temperature) if temperature != 1.0 else z
+
+
+def _softmax_(z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(t) = z[t] - lse(z), lse(z)) per row of z [c,V], t [c]; z is overwritten by softmax(z).
+
+    With m = max z: lse = m + log Σ exp(z - m). The exp is taken in place, so a chunk costs ONE [c,V]
+    buffer (torch.logsumexp would allocate a second one).
+    """
+    picked = z.gather(-1, t[:, None]).squeeze(-1)
+    top = z.amax(-1, keepdim=True)
+    total = z.sub_(top).exp_().sum(-1, keepdim=True)
+    z.div_(total)
+    lse = (top + total.log()).squeeze(-1)
+    return picked - lse, lse
+
+
+def _logprob_grad_(p: torch.Tensor, t: torch.Tensor, g: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """d(Σ g·log p(t)) / d logits for logits z·T: g (onehot(t) - p) / T, in place in softmax p [c,V]; g [c]."""
+    g = g / temperature if temperature != 1.0 else g
+    p.mul_(-g[:, None])
+    p[torch.arange(len(t), device=p.device), t] += g
+    return p
+
+
 class _TokenLogprobs(torch.autograd.Function):
     """log p(target) = logit[target] - logsumexp(logit), chunk of rows by chunk of rows.
 
@@ -82,9 +117,8 @@ class _TokenLogprobs(torch.autograd.Function):
         g_out = torch.where(valid, grad_out.reshape(-1).to(lse.dtype), 0.0)
         grad = torch.empty_like(flat)
         for i, j in _row_chunks(flat.shape[0], ctx.chunk_size):
-            chunk = (flat[i:j].to(lse.dtype) - lse[i:j, None]).exp_().mul_(-g_out[i:j, None])
-            chunk[torch.arange(j - i, device=chunk.device), safe[i:j]] += g_out[i:j]
-            grad[i:j] = chunk.to(grad.dtype)
+            softmax = (flat[i:j].to(lse.dtype) - lse[i:j, None]).exp_()
+            grad[i:j] = _logprob_grad_(softmax, safe[i:j], g_out[i:j]).to(grad.dtype)
         return grad.view(logits.shape), None, None
 
 
@@ -103,20 +137,13 @@ def _ce_chunk(h: torch.Tensor, weight: torch.Tensor, t: torch.Tensor):
     """Loss sum and dloss/dlogits (at least fp32) of one chunk of rows that ALL have a target.
 
     h [c,H], weight [V,H], t [c] (no -100: callers drop those rows first). With z = h @ weightᵀ and
-    m = max z: CE = m + log Σ exp(z - m) - z[t], and d CE / dz = softmax(z) - onehot(t). exp(z - m) is
-    computed in place in the logits buffer and divided by its sum to become the softmax, so a chunk
-    costs ONE [c,V] buffer (logsumexp would allocate a second one for its exp).
+    m = max z: CE = m + log Σ exp(z - m) - z[t], and d CE / dz = softmax(z) - onehot(t); the softmax
+    is made in place in the logits buffer (`_softmax_`), so a chunk costs ONE [c,V] buffer.
     """
-    logits = h @ weight.T
-    logits = logits.to(_acc(logits.dtype))
-    picked = logits.gather(-1, t[:, None]).squeeze(-1)
-    top = logits.amax(-1, keepdim=True)
-    grad = logits.sub_(top).exp_()
-    total = grad.sum(-1, keepdim=True)
-    loss = (top.squeeze(-1) + total.squeeze(-1).log() - picked).sum()
-    grad.div_(total)
+    grad = _chunk_logits(h, weight)
+    logp, _ = _softmax_(grad, t)
     grad[torch.arange(len(t), device=t.device), t] -= 1.0
-    return loss, grad
+    return -logp.sum(), grad
 
 
 def _target_rows(t: torch.Tensor) -> torch.Tensor | None:
@@ -127,6 +154,21 @@ def _target_rows(t: torch.Tensor) -> torch.Tensor | None:
     """
     valid = t != IGNORE_INDEX
     return None if bool(valid.all()) else valid.nonzero().squeeze(1)
+
+
+def _kept_rows(hidden: torch.Tensor, targets: torch.Tensor):
+    """(hidden rows [K,H], targets [K], their indices [K] or None when all N rows are kept) of the
+    rows that have a target."""
+    h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    rows = _target_rows(t)
+    return (h, t, None) if rows is None else (h.index_select(0, rows), t.index_select(0, rows), rows)
+
+
+def _spread(values: torch.Tensor, rows: torch.Tensor | None, n: int) -> torch.Tensor:
+    """Kept-row values [K,...] back at their rows among n; rows without a target get 0."""
+    if rows is None:
+        return values
+    return values.new_zeros((n, *values.shape[1:])).index_copy_(0, rows, values)
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
@@ -140,27 +182,21 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk_size):
-        h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
         want_h, want_w = hidden.requires_grad, weight.requires_grad
-        grad_h = torch.zeros_like(h) if want_h else None
+        kept_h, kept_t, rows = _kept_rows(hidden, targets)
+        grad_h = torch.empty_like(kept_h) if want_h else None
         acc = _acc(torch.promote_types(hidden.dtype, weight.dtype))
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if want_w else None
         loss = torch.zeros((), dtype=acc, device=hidden.device)
-        rows = _target_rows(t)
-        kept_h, kept_t = (h, t) if rows is None else (h.index_select(0, rows), t.index_select(0, rows))
         for i, j in _row_chunks(kept_h.shape[0], chunk_size):
             chunk_loss, g = _ce_chunk(kept_h[i:j], weight, kept_t[i:j])
             loss += chunk_loss
             if want_h:
-                g_h = (g.to(weight.dtype) @ weight).to(h.dtype)
-                if rows is None:
-                    grad_h[i:j] = g_h
-                else:  # rows without a target keep a zero gradient
-                    grad_h.index_copy_(0, rows[i:j], g_h)
+                grad_h[i:j] = (g.to(weight.dtype) @ weight).to(hidden.dtype)
             if want_w:
                 grad_w.addmm_(g.T, kept_h[i:j].to(acc))
-        ctx.save_for_backward(
-            grad_h.view(hidden.shape) if want_h else None,
+        ctx.save_for_backward(   # rows without a target keep a zero gradient
+            _spread(grad_h, rows, targets.numel()).view(hidden.shape) if want_h else None,
             grad_w.to(weight.dtype) if want_w else None,
         )
         return loss
@@ -185,14 +221,106 @@ def chunked_cross_entropy(
         raise ValueError(f"hidden {tuple(hidden.shape)} and targets {tuple(targets.shape)} disagree")
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _ChunkedCrossEntropy.apply(hidden, weight, targets, chunk_size)
-    h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
-    rows = _target_rows(t)
-    if rows is not None:
-        h, t = h.index_select(0, rows), t.index_select(0, rows)
+    h, t, _ = _kept_rows(hidden, targets)
     total = torch.zeros((), dtype=_acc(torch.promote_types(hidden.dtype, weight.dtype)), device=hidden.device)
     for i, j in _row_chunks(h.shape[0], chunk_size):
         total += _ce_chunk(h[i:j], weight, t[i:j])[0]
     return total
+
+
+def _fused_rows(h: torch.Tensor, weight: torch.Tensor, t: torch.Tensor, chunk_size: int | None,
+                temperature: float, entropy: bool, jacobian: bool) -> tuple[torch.Tensor, ...]:
+    """For rows that ALL have a target, chunk by chunk of z = h @ weightᵀ / T:
+    log p(t) [K], lse(z) [K], entropy [K] (or None), and (or None) d log p(t) / d h [K,H].
+
+    With p = softmax(z): d log p(t) / d h = (weight[t] - p @ weight) / T, a [K,H] tensor as small as h
+    that backward only scales by each row's upstream gradient; entropy = -Σ p log p (= lse - Σ p·z),
+    taken in place once p is no longer needed, so a chunk costs ONE [c,V] buffer.
+    """
+    acc = _acc(torch.promote_types(h.dtype, weight.dtype))
+    logp = torch.empty(h.shape[0], dtype=acc, device=h.device)
+    lse, ent = torch.empty_like(logp), torch.empty_like(logp) if entropy else None
+    jac = torch.empty((h.shape[0], h.shape[1]), dtype=acc, device=h.device) if jacobian else None
+    for i, j in _row_chunks(h.shape[0], chunk_size):
+        p = _chunk_logits(h[i:j], weight, temperature)
+        logp[i:j], lse[i:j] = _softmax_(p, t[i:j])
+        if jacobian:
+            jac[i:j] = (weight[t[i:j]] - p.to(weight.dtype) @ weight).to(acc).div_(temperature)
+        if entropy:   # xlogy: 0 log 0 = 0 where exp underflowed
+            ent[i:j] = p.xlogy_(p).sum(-1).neg_()
+    return logp, lse, ent, jac
+
+
+def _autocast_state(device_type: str) -> tuple[str, bool, torch.dtype]:
+    """(device type, enabled, dtype) of the autocast in force, to re-enter it in a backward."""
+    return device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+
+
+class _FusedTokenLogprobs(torch.autograd.Function):
+    """log p(target) and entropy of softmax(hidden @ weightᵀ / T) without the [N,V] logits.
+
+    Forward walks the rows that have a target chunk by chunk and keeps, besides the [N] outputs, the
+    [K,H] d log p / d hidden (when hidden needs a gradient) and, only when weight needs one (full
+    fine-tuning; LoRA leaves the head frozen), hidden, targets and lse for backward to recompute each
+    chunk's softmax: dW = Σ_rows dzᵀ h with dz = g (onehot(t) - softmax(z)) / T.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_size, temperature, entropy):
+        want_h, want_w = ctx.needs_input_grad[:2]
+        h, t, rows = _kept_rows(hidden, targets)
+        logp, lse, ent, jac = _fused_rows(h, weight, t, chunk_size, temperature, entropy, want_h)
+        ctx.save_for_backward(rows, jac, *((weight, h, t, lse) if want_w else (None,) * 4))
+        ctx.settings = (hidden.shape, hidden.dtype, chunk_size, temperature)
+        ctx.autocast = _autocast_state(hidden.device.type) if want_w else None   # to recompute z as it was
+        n = targets.numel()
+        ent = _spread(ent, rows, n).view(targets.shape) if entropy else logp.new_empty(0)
+        ctx.mark_non_differentiable(ent)
+        return _spread(logp, rows, n).view(targets.shape), ent
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_entropy):
+        rows, jac, weight, h, t, lse = ctx.saved_tensors
+        shape, dtype, chunk_size, temperature = ctx.settings
+        g = grad_logp.reshape(-1)
+        g = g if rows is None else g.index_select(0, rows)
+        grad_h = grad_w = None
+        if jac is not None:
+            grad_h = _spread(jac * g[:, None].to(jac.dtype), rows, shape[:-1].numel()).to(dtype).view(shape)
+        if weight is not None:
+            device_type, autocast, autocast_dtype = ctx.autocast
+            g = g.to(lse.dtype)
+            grad_w = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device)
+            for i, j in _row_chunks(h.shape[0], chunk_size):
+                with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast):
+                    z = _chunk_logits(h[i:j], weight, temperature)
+                dz = _logprob_grad_(z.sub_(lse[i:j, None]).exp_(), t[i:j], g[i:j], temperature)
+                grad_w.addmm_(dz.T, h[i:j].to(dz.dtype))
+            grad_w = grad_w.to(weight.dtype)
+        return grad_h, grad_w, None, None, None, None
+
+
+def fused_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int | None = 1024,
+                         temperature: float = 1.0, entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """log softmax(hidden @ weightᵀ / T)[target] per token, never materialising the [*,V] logits.
+
+    hidden [*,H] (the last hidden state), weight [V,H] (the output layer; tied embeddings work),
+    targets [*] with -100 = ignore -> fp32 (or fp64) logprobs [*], 0 where ignored, differentiable
+    for hidden and weight under any upstream gradient. With `entropy`, returns (logprobs, H) where
+    H = lse(z) - Σ softmax(z)·z is the entropy of softmax(z), z = hidden @ weightᵀ / T, without
+    gradient (a metric), 0 where ignored. Rows are processed `chunk_size` at a time; rows without a
+    target are never projected.
+    """
+    if hidden.shape[:-1] != targets.shape:
+        raise ValueError(f"hidden {tuple(hidden.shape)} and targets {tuple(targets.shape)} disagree")
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        logp, ent = _FusedTokenLogprobs.apply(hidden, weight, targets, chunk_size, temperature, entropy)
+    else:
+        h, t, rows = _kept_rows(hidden, targets)
+        kept, _, ent, _ = _fused_rows(h, weight, t, chunk_size, temperature, entropy, jacobian=False)
+        logp = _spread(kept, rows, targets.numel()).view(targets.shape)
+        ent = _spread(ent, rows, targets.numel()).view(targets.shape) if entropy else None
+    return (logp, ent) if entropy else logp
 
 
 def _unwrap_peft(model: nn.Module) -> nn.Module:
@@ -259,8 +387,55 @@ def causal_lm_loss(model: nn.Module, batch: dict, chunk_size: int | None = 1024)
     return -token_logprobs(logits, targets, chunk_size).sum(), count
 
 
+@dataclass
+class ModelLogprobs:
+    """What `model_logprobs` returns: logprobs [B,K] (fp32, 0 where the target is -100), and when asked
+    the entropy [B,K] (no gradient) and the last hidden state [B,K,H] at the predicting positions."""
+
+    logprobs: torch.Tensor
+    entropy: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+
+
+def model_logprobs(model: nn.Module, inputs: dict, targets: torch.Tensor, chunk_size: int | None = 1024,
+                   temperature: float = 1.0, *, offset: int = 0, entropy: bool = False,
+                   hidden: bool = False) -> ModelLogprobs:
+    """log softmax(logits / T)[target] of the K positions that end `offset` before the last.
+
+    inputs: the model's keyword inputs (input_ids [B,L], ...); targets [B,K] (-100 = ignore), where
+    targets[:, k] is predicted by position L - K - offset + k: `causal_targets` of whole rows use
+    offset 0, the last K tokens of each row (RL completions) offset 1. With `chunk_size` and a plain
+    output layer (`_plain_head`) only the backbone runs and `fused_token_logprobs` projects its last
+    hidden state, so no [B,K,V] logits exist; otherwise (chunk_size None, LoRA on lm_head, soft-capped
+    or rescaled logits) the model's logits are used.
+    """
+    K, L = targets.shape[1], inputs["input_ids"].shape[1]
+    inputs = {**inputs, "use_cache": False}   # no KV cache: it also keeps packed sequences apart
+    shortcut = _plain_head(model) if chunk_size is not None else None
+    if shortcut is not None:
+        body, head = shortcut
+        states = body(**inputs).last_hidden_state[:, L - K - offset:L - offset]
+        out = fused_token_logprobs(states, head.weight, targets, chunk_size, temperature, entropy)
+        logp, ent = out if entropy else (out, None)
+        return ModelLogprobs(logp, ent, states if hidden else None)
+    keep = {"logits_to_keep": K + offset} if K + offset < L else {}
+    out = model(**inputs, output_hidden_states=hidden, **keep)
+    states = out.hidden_states[-1][:, L - K - offset:L - offset] if hidden else None
+    logits = out.logits[:, out.logits.shape[1] - K - offset:out.logits.shape[1] - offset]
+    del out   # the unscaled logits must not outlive their /T copy
+    if temperature != 1.0:
+        logits = logits / temperature
+    return ModelLogprobs(token_logprobs(logits, targets, chunk_size), _entropy(logits) if entropy else None, states)
+
+
+@torch.no_grad()
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    """lse(z) - Σ softmax(z)·z per position: [B,K,V] -> [B,K] (the logits path of `model_logprobs`)."""
+    z = logits.float()
+    return z.logsumexp(-1) - (z.softmax(-1) * z).sum(-1)
+
+
 def sequence_logprobs(model: nn.Module, batch: dict, chunk_size: int | None = 1024) -> torch.Tensor:
     """Σ_t log p(target_t) per row: [B]. Used by preference losses (DPO: log π(y|x))."""
     targets = causal_targets(batch["labels"], batch.get("position_ids"))
-    logits = model(**_model_inputs(batch)).logits
-    return token_logprobs(logits, targets, chunk_size).sum(-1)
+    return model_logprobs(model, _model_inputs(batch), targets, chunk_size).logprobs.sum(-1)

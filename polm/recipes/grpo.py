@@ -35,7 +35,7 @@ from polm.models.save import save_pretrained_atomic
 from polm.recipes.common import add_config_arguments, config_from_args
 from polm.rewards import RewardSet
 from polm.rollout import SamplingConfig, build_generator
-from polm.rollout.batch import collate_rollout, completion_logprobs, policy_forward, token_entropy
+from polm.rollout.batch import collate_rollout, policy_forward
 from polm.rollout.stream import RolloutStream, check_rollout_shape
 from polm.rundir import check_output_dir, records_sha256, run_directory, write_json
 from polm.train.config import TrainConfig
@@ -161,11 +161,10 @@ def run_grpo(cfg: GRPOConfig) -> dict:
     loss_fn = POLICY_LOSSES.get(cfg.loss)
 
     def step(batch: dict) -> StepOutput:
-        logits, _ = policy_forward(model, batch, cfg.rollout.temperature or 1.0)
-        logprobs = completion_logprobs(logits, batch)
-        out = loss_fn(logprobs, batch["old_logprobs"], batch["advantage"], batch["completion_mask"],
+        policy = policy_forward(model, batch, cfg.rollout.temperature or 1.0, entropy=True)
+        out = loss_fn(policy.logprobs, batch["old_logprobs"], batch["advantage"], batch["completion_mask"],
                       ref_logprobs=batch.get("ref_logprobs"), beta=cfg.beta, kl=cfg.kl, clip_low=cfg.clip_low,
-                      clip_high=cfg.clip_high, entropy=token_entropy(logits), max_length=cfg.rollout.max_new_tokens)
+                      clip_high=cfg.clip_high, entropy=policy.entropy, max_length=cfg.rollout.max_new_tokens)
         return StepOutput(out.loss_sum, out.count, {**out.metrics, **batch["rollout_metrics"]})
 
     eval_fn = None
@@ -248,8 +247,7 @@ def add_reference_logprobs(reference, examples: list[dict], pad_id: int, cfg: GR
             batch = collate_rollout(chunk, pad_id)
             batch = {k: v.to(next(reference.parameters()).device) for k, v in batch.items()}
             with off() if callable(off) else contextlib.nullcontext():
-                logits, _ = policy_forward(reference, batch, cfg.rollout.temperature or 1.0)
-            lps = completion_logprobs(logits, batch)
+                lps = policy_forward(reference, batch, cfg.rollout.temperature or 1.0).logprobs
             for row, ex in enumerate(chunk):
                 ex["ref_logprobs"] = lps[row, :len(ex["completion_ids"])].tolist()
     finally:

@@ -40,7 +40,7 @@ from polm.recipes.grpo import (
 )
 from polm.rewards import RewardSet
 from polm.rollout import build_generator
-from polm.rollout.batch import collate_rollout, completion_logprobs, policy_forward, token_entropy
+from polm.rollout.batch import collate_rollout, policy_forward
 from polm.rollout.stream import RolloutStream
 from polm.rundir import check_output_dir, run_directory, write_json
 from polm.train.config import TrainConfig
@@ -136,11 +136,11 @@ def run_ppo(cfg: PPOConfig) -> dict:
     policy_loss = POLICY_LOSSES.get("dapo")
 
     def step(batch: dict) -> StepOutput:
-        logits, hidden = policy_forward(model, batch, temperature, hidden=True)
+        policy = policy_forward(model, batch, temperature, entropy=True, hidden=True)   # one backbone pass for both
         mask = batch["completion_mask"]
-        pol = policy_loss(completion_logprobs(logits, batch), batch["old_logprobs"], batch["advantage"], mask,
-                          clip_low=cfg.clip_low, clip_high=cfg.clip_high, entropy=token_entropy(logits))
-        val = clipped_value_loss(head(hidden), batch["old_values"], batch["returns"], mask, cfg.value_clip)
+        pol = policy_loss(policy.logprobs, batch["old_logprobs"], batch["advantage"], mask,
+                          clip_low=cfg.clip_low, clip_high=cfg.clip_high, entropy=policy.entropy)
+        val = clipped_value_loss(head(policy.hidden), batch["old_values"], batch["returns"], mask, cfg.value_clip)
         metrics = {**pol.metrics, **val.metrics, "value/loss": float(val.loss_sum.detach()) / max(val.count, 1),
                    "policy/loss": float(pol.loss_sum.detach()) / max(pol.count, 1), **batch["rollout_metrics"]}
         return StepOutput(pol.loss_sum + cfg.vf_coef * val.loss_sum, pol.count, metrics)
@@ -172,7 +172,7 @@ def add_values_and_advantages(model, head: ValueHead, examples: list[dict], pad_
         for i in range(0, len(examples), cfg.train.micro_batch_size):
             chunk = examples[i:i + cfg.train.micro_batch_size]
             part = {k: v.to(device) for k, v in collate_rollout(chunk, pad_id).items()}
-            values = head(policy_forward(model, part, temperature, hidden=True)[1]).float()
+            values = head(policy_forward(model, part, temperature, hidden=True).hidden).float()
             for row, ex in enumerate(chunk):
                 ex["old_values"] = values[row, :len(ex["completion_ids"])].tolist()
     finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from polm.ops import IGNORE_INDEX, token_logprobs
+from polm.ops import IGNORE_INDEX, ModelLogprobs, model_logprobs
 
 TOKEN_KEYS = ("old_logprobs", "ref_logprobs", "advantage", "returns", "old_values")
 
@@ -46,27 +46,17 @@ def collate_rollout(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor
     return batch
 
 
-def policy_forward(model, batch: dict, temperature: float = 1.0, *, hidden: bool = False):
-    """Model outputs for the completion part only: logits [B,C,V] predicting each completion token
-    (scaled by 1/temperature, as they were sampled) and, with `hidden`, the last hidden states [B,C,H]."""
-    C = batch["completion_ids"].shape[1]
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"], use_cache=False, logits_to_keep=C + 1,
-                output_hidden_states=hidden)
-    logits = out.logits[:, :-1]
-    if temperature != 1.0:
-        logits = logits / temperature
-    states = out.hidden_states[-1][:, -C - 1:-1] if hidden else None
-    return logits, states
+def policy_forward(model, batch: dict, temperature: float = 1.0, *, entropy: bool = False, hidden: bool = False,
+                   chunk_size: int | None = 256) -> ModelLogprobs:
+    """log π(completion token) [B,C] (0 on padding) under softmax(logits / temperature), as the tokens
+    were sampled; with `entropy` the entropy of that distribution [B,C] (a metric, no gradient), with
+    `hidden` the last hidden states [B,C,H] that predict the completion tokens (PPO's value head).
 
-
-def completion_logprobs(logits: torch.Tensor, batch: dict, chunk_size: int | None = 1024) -> torch.Tensor:
-    """log π(completion token) [B,C] (0 on padding) from `policy_forward` logits."""
-    return token_logprobs(logits, batch["completion_ids"], chunk_size)
-
-
-@torch.no_grad()
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """H = logsumexp(z) - Σ softmax(z) z per position, for metrics.  [B,C,V] -> [B,C]."""
-    z = logits.float()
-    return z.logsumexp(-1) - (z.softmax(-1) * z).sum(-1)
+    The completion tokens are the last C of each row, so positions -C-1..-2 predict them; on a plain
+    output layer the [B,C,V] logits never exist (`polm.ops.model_logprobs`), only `chunk_size` rows of
+    them at a time: 256 rows of SmolLM2's 49,152-token vocabulary are 50 MB in fp32, and were the
+    fastest chunk measured (docs/training-loop.md).
+    """
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    return model_logprobs(model, inputs, batch["completion_ids"], chunk_size, temperature, offset=1,
+                          entropy=entropy, hidden=hidden)

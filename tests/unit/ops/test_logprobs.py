@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
+from conftest import LargestTensor
 
 from polm.ops import (
     causal_lm_loss,
@@ -143,21 +143,6 @@ def test_chunked_cross_entropy_without_grad_and_all_ignored():
     assert empty.item() == 0.0 and h.grad.abs().sum().item() == 0.0
 
 
-class LargestTensor(TorchDispatchMode):
-    """Records the largest tensor any op produces while active."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 def test_chunked_cross_entropy_never_builds_full_logits():
     torch.manual_seed(0)
     n, vocab, width, chunk = 256, 4096, 16, 32
@@ -273,3 +258,31 @@ def test_sequence_logprobs_sums_target_tokens_per_row(tiny_llama):
     expected = plain_logprobs(logits, causal_targets(batch["labels"])).sum(-1)
     assert out.shape == (3,)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("make_batch", [_padded_batch, _packed_batch])
+@pytest.mark.parametrize("lora", [False, True])
+def test_sequence_logprobs_fused_head_equals_logits_path(tiny_llama, make_batch, lora):
+    """DPO's log π(y|x): the hidden-state path (no [B,T,V] logits) gives the logits path's values and
+    gradients, for full fine-tuning (the tied head gets its gradient) and LoRA."""
+    model = tiny_llama.train()
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(0)
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    batch = make_batch(tiny_llama.config.vocab_size)
+    results = []
+    for chunk_size in (4, None):
+        model.zero_grad()
+        with LargestTensor() as probe:   # the forward: the [B,T,V] logits would be its largest tensor
+            out = sequence_logprobs(model, batch, chunk_size=chunk_size)
+        (out * torch.linspace(-1.0, 2.0, out.shape[0])).sum().backward()   # a DPO-like weighting of rows
+        results.append((out.detach(), probe.largest,
+                        {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (fused, largest_f, grads_f), (plain, largest_p, grads_p) = results
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+    assert largest_f < batch["input_ids"].numel() * tiny_llama.config.vocab_size <= largest_p
+    assert grads_f.keys() == grads_p.keys() and grads_p
+    for name in grads_p:
+        torch.testing.assert_close(grads_f[name], grads_p[name], atol=1e-5, rtol=1e-4)

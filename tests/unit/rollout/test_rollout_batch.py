@@ -3,10 +3,12 @@ the rollout stream serves μ epochs and resumes from its state exactly."""
 
 import json
 
+import pytest
 import torch
+from conftest import LargestTensor
 
 from polm.rollout import HFGenerator, SamplingConfig
-from polm.rollout.batch import collate_rollout, completion_logprobs, policy_forward
+from polm.rollout.batch import collate_rollout, policy_forward
 from polm.rollout.stream import RolloutStream
 
 
@@ -30,11 +32,62 @@ def test_training_forward_reproduces_the_sampling_logprobs(tiny_llama, tiny_toke
     examples = [{"prompt_ids": prompts[c.prompt_index], "completion_ids": c.token_ids, "old_logprobs": c.logprobs}
                 for c in comps]
     batch = collate_rollout(examples, tiny_tokenizer.pad_token_id)
-    with torch.no_grad():
-        logits, _ = policy_forward(tiny_llama, batch, temperature=0.8)
-    lp = completion_logprobs(logits, batch)
     m = batch["completion_mask"]
-    torch.testing.assert_close(lp[m], batch["old_logprobs"][m], atol=1e-5, rtol=1e-5)   # ratio 1 on-policy
+    for chunk_size in (4, None):   # the fused head and the logits path
+        with torch.no_grad():
+            lp = policy_forward(tiny_llama, batch, temperature=0.8, chunk_size=chunk_size).logprobs
+        torch.testing.assert_close(lp[m], batch["old_logprobs"][m], atol=1e-5, rtol=1e-5)   # ratio 1 on-policy
+
+
+def _rollout_batch(vocab: int, rows: int = 6, completion: int = 12) -> dict:
+    g = torch.Generator().manual_seed(0)
+    examples = [{"prompt_ids": torch.randint(3, vocab, (2 + i % 3,), generator=g).tolist(),
+                 "completion_ids": torch.randint(3, vocab, (completion - i % 4,), generator=g).tolist()}
+                for i in range(rows)]
+    return collate_rollout(examples, pad_id=0)
+
+
+def _policy_pass(model, batch, upstream, chunk_size):
+    model.zero_grad()
+    out = policy_forward(model, batch, 0.7, entropy=True, hidden=True, chunk_size=chunk_size)
+    ((out.logprobs * upstream).sum() + out.hidden.square().mean()).backward()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("lora_targets", [None, ["q_proj", "v_proj"], ["q_proj", "lm_head"]])
+def test_fused_policy_forward_equals_the_logits_path(tiny_llama, lora_targets):
+    """logprobs, entropy, hidden states (PPO's value head) and every gradient agree with the
+    model's logits path, for full fine-tuning (tied head trained), LoRA, and LoRA on lm_head (fallback)."""
+    model = tiny_llama.train()
+    if lora_targets:
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(0)
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=lora_targets, init_lora_weights=False))
+    batch = _rollout_batch(tiny_llama.config.vocab_size)
+    upstream = torch.randn(batch["completion_ids"].shape, generator=torch.Generator().manual_seed(1))
+    fused, grads_f = _policy_pass(model, batch, upstream, chunk_size=5)
+    plain, grads_p = _policy_pass(model, batch, upstream, chunk_size=None)
+    m = batch["completion_mask"]
+    torch.testing.assert_close(fused.logprobs, plain.logprobs, atol=1e-5, rtol=1e-5)
+    assert (fused.logprobs[~m] == 0).all()
+    torch.testing.assert_close(fused.entropy[m], plain.entropy[m], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused.hidden, plain.hidden, atol=1e-6, rtol=1e-6)
+    assert grads_f.keys() == grads_p.keys() and grads_p
+    for name in grads_p:
+        torch.testing.assert_close(grads_f[name], grads_p[name], atol=1e-5, rtol=1e-4)
+
+
+def test_policy_forward_never_builds_the_completion_logits(tiny_llama):
+    batch = _rollout_batch(tiny_llama.config.vocab_size)
+    B, C = batch["completion_ids"].shape
+    sizes = {}
+    for chunk_size in (4, None):
+        with LargestTensor() as probe:
+            out = policy_forward(tiny_llama, batch, 0.7, entropy=True, chunk_size=chunk_size)
+            out.logprobs.sum().backward()
+        sizes[chunk_size] = probe.largest
+    assert sizes[None] >= B * C * tiny_llama.config.vocab_size > sizes[4]
 
 
 def _stream(calls):
