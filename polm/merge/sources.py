@@ -65,6 +65,16 @@ def open_safetensors(file: Path, label: str):
                         fix="The file is truncated or not safetensors: re-save or re-copy the model.") from None
 
 
+def _safetensors_header(file: Path) -> tuple[dict[str, Any], int]:
+    """The safetensors header of `file` (tensor name -> dtype, shape, data_offsets) and where its data
+    begins: an 8-byte little-endian header length, then the JSON header, then the tensor bytes."""
+    with open(file, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    return header, 8 + size
+
+
 def weight_files(path: Path, label: str) -> list[Path]:
     """The safetensors files of a model directory (sharded via its index, or all *.safetensors)."""
     index = path / "model.safetensors.index.json"
@@ -93,21 +103,35 @@ class Checkpoint:
         self.files = weight_files(path, label)
         self.config = read_json(path / "config.json", label) if (path / "config.json").is_file() else None
         self.meta: dict[str, TensorMeta] = {}
-        self._file_of: dict[str, Path] = {}
+        self._where: dict[str, tuple[Path, int, int]] = {}      # name -> (file, byte offset, byte length)
         for file in self.files:
-            with open_safetensors(file, label) as handle:
-                for name in handle.keys():
-                    view = handle.get_slice(name)
-                    dtype = SAFETENSORS_DTYPES.get(view.get_dtype())
-                    if dtype is None:
-                        raise PolmError(f"tensor '{name}' in '{file}' has unsupported dtype {view.get_dtype()}",
-                                        where=label)
-                    self.meta[name] = TensorMeta(tuple(view.get_shape()), dtype)
-                    self._file_of[name] = file
+            with open_safetensors(file, label) as handle:       # validates the file as safetensors
+                names = list(handle.keys())
+            header, data_start = _safetensors_header(file)
+            for name in names:
+                entry = header[name]
+                dtype = SAFETENSORS_DTYPES.get(entry["dtype"])
+                if dtype is None:
+                    raise PolmError(f"tensor '{name}' in '{file}' has unsupported dtype {entry['dtype']}",
+                                    where=label)
+                self.meta[name] = TensorMeta(tuple(entry["shape"]), dtype)
+                begin, end = entry["data_offsets"]
+                self._where[name] = (file, data_start + begin, end - begin)
 
     def read(self, name: str) -> torch.Tensor:
-        with open_safetensors(self._file_of[name], self.label) as handle:
-            return handle.get_tensor(name)
+        """One tensor, read with a plain positioned read into fresh memory: no header parse and no memory
+        map per call, so nothing of the input stays resident once the merge drops the tensor."""
+        file, offset, length = self._where[name]
+        meta = self.meta[name]
+        buffer = bytearray(length)
+        with open(file, "rb") as f:
+            f.seek(offset)
+            if f.readinto(buffer) != length:
+                raise PolmError(f"tensor '{name}' in '{file}' is cut short", where=self.label,
+                                fix="The file is truncated: re-save or re-copy the model.")
+        if length == 0:
+            return torch.empty(meta.shape, dtype=meta.dtype)
+        return torch.frombuffer(buffer, dtype=meta.dtype).reshape(meta.shape)
 
 
 @dataclass(frozen=True)
