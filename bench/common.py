@@ -216,3 +216,37 @@ def write_json_atomic(path: Path, data: dict) -> Path:
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
     return path
+
+
+# --- worker-side helpers shared by the training benchmarks ----------------------------------------------
+
+def precision_for(device: str) -> str:
+    """The precision both sides train in: bf16 autocast on CUDA, fp32 on CPU."""
+    return "bf16" if device.startswith("cuda") else "fp32"
+
+
+def param_counts(model) -> dict:
+    """Unique parameters (tied embeddings once) and the trainable ones, plus layers/width for attention FLOPs."""
+    seen, total, trainable = set(), 0, 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    cfg = model.config
+    return {"params": total, "trainable": trainable, "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size}
+
+
+def cuda_peak_mib(device: str) -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+
+
+def set_threads(threads: int | None) -> None:
+    """Intra-op threads for this process (None: torch's default, one per core)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)

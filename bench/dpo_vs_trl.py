@@ -131,29 +131,6 @@ def per_step_tokens(encoded: list[dict], settings: Settings) -> list[dict]:
 
 # --- workers (one fresh process per trial) -----------------------------------------------------------
 
-def _precision(device: str) -> str:
-    return "bf16" if device.startswith("cuda") else "fp32"
-
-
-def _param_counts(model) -> dict:
-    """Unique parameters (tied embeddings once) and the trainable ones, plus layers/width for attention FLOPs."""
-    seen, total, trainable = set(), 0, 0
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        trainable += p.numel() if p.requires_grad else 0
-    cfg = model.config
-    return {"params": total, "trainable": trainable, "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size}
-
-
-def _cuda_peak(device: str) -> float | None:
-    import torch
-
-    return torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
-
-
 def _sync(device: str) -> None:
     import torch
 
@@ -180,7 +157,7 @@ def _polm_config(spec: dict, s: Settings, run_dir: str):
         f"train.grad_accum={s.grad_accum}", f"train.lr={s.lr}", f"train.weight_decay={s.weight_decay}",
         f"train.adam_betas=[{s.adam_betas[0]},{s.adam_betas[1]}]", f"train.adam_eps={s.adam_eps}",
         f"train.schedule={s.schedule}", f"train.warmup_steps={s.warmup_steps}",
-        f"train.max_grad_norm={s.max_grad_norm}", f"train.precision={_precision(spec['device'])}",
+        f"train.max_grad_norm={s.max_grad_norm}", f"train.precision={common.precision_for(spec['device'])}",
         f"train.seed={s.seed}", "train.log_every=1", "train.progress=false", "train.tensorboard=false",
         "train.resume=false"])
 
@@ -245,8 +222,8 @@ def run_polm(spec: dict) -> dict:
             "logps_chosen": [sum(m["chosen"] for m in st) / len(st) for st in per_step],
             "logps_rejected": [sum(m["rejected"] for m in st) / len(st) for st in per_step],
             "reference": {k: v for k, v in ref_info.items() if k != "cache_key"}, **precompute,
-            "rss_at_train_start_mib": rss_start, "cuda_peak_mib": _cuda_peak(device), **clock.as_dict(),
-            **_param_counts(model)}
+            "rss_at_train_start_mib": rss_start, "cuda_peak_mib": common.cuda_peak_mib(device), **clock.as_dict(),
+            **common.param_counts(model)}
 
 
 def trl_options(s: Settings, precompute: bool) -> dict:
@@ -267,7 +244,7 @@ def _trl_args(spec: dict, s: Settings, out_dir: str):
         gradient_accumulation_steps=s.grad_accum, learning_rate=s.lr, weight_decay=s.weight_decay,
         adam_beta1=s.adam_betas[0], adam_beta2=s.adam_betas[1], adam_epsilon=s.adam_eps,
         lr_scheduler_type=s.schedule, warmup_steps=s.warmup_steps, max_grad_norm=s.max_grad_norm, beta=s.beta,
-        bf16=_precision(device) == "bf16", use_cpu=not device.startswith("cuda"),
+        bf16=common.precision_for(device) == "bf16", use_cpu=not device.startswith("cuda"),
         # DPOConfig turns gradient checkpointing on by default; polm's default is off, and both must do the same work
         gradient_checkpointing=False, max_length=s.max_length,
         precompute_ref_log_probs=spec["side"] == "trl-precompute",
@@ -328,8 +305,8 @@ def run_trl(spec: dict) -> dict:
     return {"losses": [h["loss"] for h in logs], "grad_norms": [h["grad_norm"] for h in logs],
             "logps_chosen": [h["logps/chosen"] for h in logs], "logps_rejected": [h["logps/rejected"] for h in logs],
             **precompute, "tokenization": tokenization, "rss_at_train_start_mib": rss_start[0],
-            "cuda_peak_mib": _cuda_peak(device), "optimizer": str(trainer.args.optim.value), **clock.as_dict(),
-            **_param_counts(trainer.model)}
+            "cuda_peak_mib": common.cuda_peak_mib(device), "optimizer": str(trainer.args.optim.value), **clock.as_dict(),
+            **common.param_counts(trainer.model)}
 
 
 def compare_tokenization(spec: dict, dataset, tokenizer) -> dict:
@@ -354,20 +331,12 @@ def compare_tokenization(spec: dict, dataset, tokenizer) -> dict:
             "polm_only_targets": len(polm_only), "polm_only_tokens": sorted({tokenizer.decode([t]) for t in polm_only})}
 
 
-def set_threads(threads: int | None) -> None:
-    """Intra-op threads for this process (None: torch's default, one per core)."""
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-
-
 def worker_main(spec_path: str, result_path: str) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TQDM_DISABLE", "1")
     spec = json.loads(Path(spec_path).read_text())
-    set_threads(spec.get("threads"))
+    common.set_threads(spec.get("threads"))
     result = {"side": spec["side"]}
     result.update(run_polm(spec) if spec["side"].startswith("polm") else run_trl(spec))
     common.write_worker_result(result_path, result)
@@ -521,7 +490,7 @@ def run_benchmark(args: argparse.Namespace, settings: Settings) -> dict:
     pairs = build_pairs(settings)
     encoded = encode_for_report(pairs, load_tokenizer(model_dir), settings)
     steps = per_step_tokens(encoded, settings)
-    set_threads(args.threads)  # the matmul peak is measured with the workers' thread count
+    common.set_threads(args.threads)  # the matmul peak is measured with the workers' thread count
     machine = common.machine_description(args.device, ("torch", "transformers", "peft", "trl", "accelerate"))
     peak = common.matmul_peak_flops(args.device)
     lengths = sorted(len(ex[k]["input_ids"]) for ex in encoded for k in ("chosen", "rejected"))

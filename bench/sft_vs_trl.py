@@ -116,36 +116,13 @@ def _load_examples(spec: dict) -> list[dict]:
     return json.loads(Path(spec["examples_path"]).read_text())
 
 
-def _precision(device: str) -> str:
-    return "bf16" if device.startswith("cuda") else "fp32"
-
-
-def _param_counts(model) -> dict:
-    """Unique parameters (tied embeddings once) and the trainable ones, plus layers/width for attention FLOPs."""
-    seen, total, trainable = set(), 0, 0
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        trainable += p.numel() if p.requires_grad else 0
-    cfg = model.config
-    return {"params": total, "trainable": trainable, "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size}
-
-
-def _cuda_peak(device: str) -> float | None:
-    import torch
-
-    return torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
-
-
 def _polm_train_config(spec: dict, s: Settings):
     from polm.train.config import TrainConfig
 
     return TrainConfig(max_steps=spec["steps"], micro_batch_size=s.micro_batch_size, grad_accum=s.grad_accum,
                        lr=s.lr[spec["mode"]], weight_decay=s.weight_decay, adam_betas=list(s.adam_betas),
                        adam_eps=s.adam_eps, schedule=s.schedule, warmup_steps=s.warmup_steps,
-                       max_grad_norm=s.max_grad_norm, precision=_precision(spec["device"]), seed=s.seed,
+                       max_grad_norm=s.max_grad_norm, precision=common.precision_for(spec["device"]), seed=s.seed,
                        log_every=1, progress=False, tensorboard=False, resume=False)
 
 
@@ -186,8 +163,8 @@ def run_polm(spec: dict) -> dict:
         records = [r for r in read_metrics(Path(run_dir)) if "loss" in r]
     return {"losses": [r["loss"] for r in records], "grad_norms": [r["grad_norm"] for r in records],
             "tokens": [r["tokens"] for r in records], "targets": [r["target_tokens"] for r in records],
-            "rss_at_train_start_mib": rss_start, "cuda_peak_mib": _cuda_peak(device), **clock.as_dict(),
-            **_param_counts(model)}
+            "rss_at_train_start_mib": rss_start, "cuda_peak_mib": common.cuda_peak_mib(device), **clock.as_dict(),
+            **common.param_counts(model)}
 
 
 def _trl_args(spec: dict, s: Settings, out_dir: str):
@@ -199,7 +176,7 @@ def _trl_args(spec: dict, s: Settings, out_dir: str):
         gradient_accumulation_steps=s.grad_accum, learning_rate=s.lr[spec["mode"]], weight_decay=s.weight_decay,
         adam_beta1=s.adam_betas[0], adam_beta2=s.adam_betas[1], adam_epsilon=s.adam_eps,
         lr_scheduler_type=s.schedule, warmup_steps=s.warmup_steps, max_grad_norm=s.max_grad_norm,
-        bf16=_precision(device) == "bf16", use_cpu=not device.startswith("cuda"),
+        bf16=common.precision_for(device) == "bf16", use_cpu=not device.startswith("cuda"),
         # SFTConfig turns gradient checkpointing on by default; polm's SFT default is off, and the two
         # must do the same work
         gradient_checkpointing=False, padding_free=s.trl_padding_free,
@@ -246,8 +223,8 @@ def run_trl(spec: dict) -> dict:
     cumulative = [int(h["num_tokens"]) for h in logs]
     return {"losses": [h["loss"] for h in logs], "grad_norms": [h["grad_norm"] for h in logs],
             "tokens": [b - a for a, b in zip([0, *cumulative], cumulative)], "rss_at_train_start_mib": rss_start[0],
-            "cuda_peak_mib": _cuda_peak(device), "optimizer": str(trainer.args.optim.value), **clock.as_dict(),
-            **_param_counts(trainer.model)}
+            "cuda_peak_mib": common.cuda_peak_mib(device), "optimizer": str(trainer.args.optim.value), **clock.as_dict(),
+            **common.param_counts(trainer.model)}
 
 
 def check_trl_tokenization(spec: dict) -> list[dict]:
@@ -295,19 +272,11 @@ def compare_encodings(ours: list[dict], theirs: list[dict], tokenizer) -> dict:
             "polm_only_targets": len(polm_only), "polm_only_tokens": sorted({tokenizer.decode([t]) for t in polm_only})}
 
 
-def set_threads(threads: int | None) -> None:
-    """Intra-op threads for this process (None: torch's default, one per core)."""
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-
-
 def worker_main(spec_path: str, result_path: str) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     spec = json.loads(Path(spec_path).read_text())
-    set_threads(spec.get("threads"))
+    common.set_threads(spec.get("threads"))
     result = {"side": spec["side"], "mode": spec["mode"]}
     if spec.get("raw_path"):
         result["tokenization_check"] = check_trl_tokenization(spec)
@@ -430,7 +399,7 @@ def run_benchmark(args: argparse.Namespace, settings: Settings) -> dict:
     model_dir = resolve_model(MODEL)
     examples, raw = build_examples(settings, load_tokenizer(model_dir))
     steps = per_step_tokens(examples, settings)
-    set_threads(args.threads)  # the matmul peak is measured with the workers' thread count
+    common.set_threads(args.threads)  # the matmul peak is measured with the workers' thread count
     machine = common.machine_description(args.device, ("torch", "transformers", "peft", "trl", "accelerate"))
     peak = common.matmul_peak_flops(args.device)
     lengths = sorted(len(e["input_ids"]) for e in examples)
