@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from polm.data.templating import format_prompt, prompt_of
 from polm.errors import PolmError
 
 
@@ -32,16 +33,6 @@ class GenerationSettings:
     stop: tuple[str, ...] = ()
     seed: int = 0
     progress: bool = False        # a progress bar over the prompts on stderr (long offline sampling jobs)
-
-
-def format_prompt(tokenizer, prompt: str | list[dict], chat: bool) -> str:
-    """A chat message list or a user string → the text the model continues."""
-    if chat and getattr(tokenizer, "chat_template", None):
-        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    if isinstance(prompt, list):
-        return "\n".join(m["content"] for m in prompt)
-    return prompt
 
 
 @torch.no_grad()
@@ -133,11 +124,8 @@ def read_prompts(path: str) -> list:
 
     prompts = []
     for rec in load_records(path, require_targets=False).records:
-        if "messages" in rec:
-            msgs = rec["messages"]
-            prompts.append(msgs[:-1] if msgs and msgs[-1]["role"] == "assistant" else msgs)
-        else:
-            prompts.append(rec.get("prompt", rec.get("text")))
+        prompts.append(rec["text"] if "text" in rec and "prompt" not in rec and "messages" not in rec
+                       else prompt_of(rec, path))
     return prompts
 
 

@@ -16,6 +16,32 @@ from polm.errors import PolmError
 IGNORE_INDEX = -100
 
 
+Prompt = str | list[dict]
+
+
+def prompt_of(record: dict, where: str | None = None) -> Prompt:
+    """The prompt of a record, for every caller that generates or scores from it (RL, rewards, eval,
+    `polm generate`): its `prompt` string, or its `messages` up to (not including) a final assistant turn."""
+    if isinstance(record.get("prompt"), str):
+        return record["prompt"]
+    messages = record.get("messages")
+    if isinstance(messages, list) and messages:
+        return messages[:-1] if messages[-1].get("role") == "assistant" else messages
+    raise PolmError("a record has neither a 'prompt' string nor a 'messages' list", where=where,
+                    fix="Give each record a 'prompt' (or 'messages'); answers and tests go in other fields.")
+
+
+def format_prompt(tokenizer: Any, prompt: Prompt, chat: bool) -> str:
+    """A chat message list or a user string -> the text the model continues (the tokenizer's chat
+    template with the generation prompt when `chat` and it has one, else plain text)."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if isinstance(prompt, list):
+        return "\n".join(m["content"] for m in prompt)
+    return prompt
+
+
 @dataclass
 class EncodeStats:
     kept: int = 0

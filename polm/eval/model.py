@@ -72,7 +72,7 @@ class ModelAdapter:
 
     def format_prompt(self, prompt: Prompt) -> str:
         """A user string or a message list → the exact text the model continues (chat template or plain)."""
-        from polm.generate import format_prompt
+        from polm.data.templating import format_prompt
 
         return format_prompt(self.tokenizer, prompt, self.chat)
 

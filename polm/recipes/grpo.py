@@ -26,8 +26,8 @@ import torch
 
 from polm.advantages import ADVANTAGES
 from polm.data.loaders import load_records
+from polm.data.templating import format_prompt, prompt_of
 from polm.errors import PolmError
-from polm.generate import format_prompt
 from polm.losses.kl import KL_ESTIMATORS
 from polm.losses.policy import POLICY_LOSSES
 from polm.models import LoraConfig, ModelConfig, attach_adapter, load_model, load_tokenizer
@@ -212,16 +212,6 @@ def prepare_prompts(cfg: GRPOConfig, tokenizer, rewards: RewardSet) -> tuple[lis
         print(f"polm grpo: skipped {too_long} prompts longer than {cfg.data.max_prompt_length} tokens")
     return prompts, {"train": cfg.data.train, "train_sha256": records_sha256(loaded.records),
                      "prompts": len(prompts), "skipped_too_long": too_long}
-
-
-def prompt_of(record: dict, where: str) -> str | list[dict]:
-    if isinstance(record.get("prompt"), str):
-        return record["prompt"]
-    messages = record.get("messages")
-    if isinstance(messages, list) and messages:
-        return messages[:-1] if messages[-1].get("role") == "assistant" else messages
-    raise PolmError("a record has neither a 'prompt' string nor a 'messages' list", where=where,
-                    fix="RL prompts need 'prompt' (or 'messages'); answers and tests go in other fields.")
 
 
 def make_reference(model, cfg: GRPOConfig):

@@ -6,6 +6,7 @@ import functools
 
 import torch
 
+from polm.data.templating import prompt_of
 from polm.errors import PolmError
 from polm.rewards import reward
 
@@ -20,12 +21,6 @@ Rubric: {rubric}
 
 Reply with one digit."""
 DEFAULT_RUBRIC = "The response answers the request correctly, helpfully and concisely."
-
-
-def _prompt_of(record: dict) -> str | list[dict]:
-    if "messages" in record:
-        return [m for m in record["messages"] if m["role"] != "assistant"]
-    return record["prompt"]
 
 
 @functools.lru_cache(maxsize=2)
@@ -44,7 +39,7 @@ def reward_model(completions: list[str], records: list[dict], model: str = "", d
         raise PolmError("reward 'reward_model' needs a model", where="reward_options.reward_model.model",
                         fix="Set reward_options.reward_model.model=runs/rm/final.")
     rm = _load_reward_model(model, device)
-    items = [{"prompt": _prompt_of(r), "completion": c} for c, r in zip(completions, records)]
+    items = [{"prompt": prompt_of(r), "completion": c} for c, r in zip(completions, records)]
     return rm.score(items, batch_size=batch_size)
 
 
@@ -60,7 +55,7 @@ def judge_prompts(completions: list[str], records: list[dict], rubric: str) -> l
     def text(p: str | list[dict]) -> str:
         return p if isinstance(p, str) else "\n".join(f"{m['role']}: {m['content']}" for m in p)
 
-    return [JUDGE_TEMPLATE.format(rubric=rubric, prompt=text(_prompt_of(r)), response=c)
+    return [JUDGE_TEMPLATE.format(rubric=rubric, prompt=text(prompt_of(r)), response=c)
             for c, r in zip(completions, records)]
 
 
