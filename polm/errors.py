@@ -27,6 +27,10 @@ class TrainingDiverged(PolmError):
     """Loss or gradient became NaN/inf; the last good checkpoint is kept."""
 
 
+class TrainingInterrupted(PolmError):
+    """SIGTERM/SIGINT stopped training at a step boundary, after a checkpoint of that step was saved."""
+
+
 def closest(name: str, candidates: Iterable[str]) -> str | None:
     """The candidate most similar to `name`, or None if nothing is close."""
     found = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)

@@ -50,6 +50,10 @@ def checkpoints_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return checkpoints_dir(run_dir) / f"step-{step}"
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete `step-N` directories, oldest first (temp dirs of interrupted saves are skipped)."""
     root = checkpoints_dir(run_dir)
@@ -109,7 +113,7 @@ def save_checkpoint(run_dir: Path, step: int, state: TrainState, extra: dict[str
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    final = root / f"step-{step}"
+    final = checkpoint_path(run_dir, step)
     if final.exists():  # a re-run of the same step: move the old copy aside, then swap
         stale = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}old-", dir=root))
         os.replace(final, stale / final.name)

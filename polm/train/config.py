@@ -27,10 +27,11 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 1
     eval_every: int = 0                # 0: only at the end (when the recipe has an eval set)
-    save_every: int = 0                # 0: no intermediate checkpoints
-    keep_checkpoints: int = 2          # newest N step-* directories kept
+    save_every: int = 50               # checkpoint every N steps (and on SIGTERM/SIGINT); 0: only on a signal
+    keep_checkpoints: int = 2          # newest N step-* directories kept (0: all)
     resume: bool = True                # continue from the newest checkpoint in the run directory
-    progress: bool = True              # rich progress bar
+    deterministic: bool = False        # torch.use_deterministic_algorithms (+ CUBLAS_WORKSPACE_CONFIG on CUDA)
+    progress: bool = True              # rich progress bar on a terminal, plain lines otherwise
     tensorboard: bool = True
 
     def validate(self) -> None:

@@ -3,16 +3,19 @@
 One optimizer step = `grad_accum` micro-batches, each `loss_sum.backward()`; the summed gradients
 are then divided by the TRUE number of units (target tokens, pairs, ...) across the micro-batches,
 so the update does not depend on how a step is split:  g = Σ_b ∇ loss_sum_b / Σ_b count_b.
-Then clipping, AdamW, the lr schedule, logging, eval, and atomic checkpoints for exact resume.
+Then clipping, AdamW, the lr schedule, logging, eval, and atomic checkpoints for exact resume: every
+`save_every` steps and, on SIGTERM/SIGINT, at the next step boundary before stopping.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from polm.errors import PolmError, TrainingDiverged
+from polm.errors import PolmError, TrainingDiverged, TrainingInterrupted
 from polm.ops import IGNORE_INDEX, causal_targets
+from polm.rundir import record_resume
 from polm.train.batches import BatchStream
 from polm.train.checkpoint import (
     TrainState,
+    checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
     named_trainable,
@@ -34,6 +39,7 @@ from polm.train.checkpoint import (
 from polm.train.config import TrainConfig
 from polm.train.metrics import METRICS_FILE, MetricsLogger, ProgressBar
 from polm.train.schedule import build_scheduler
+from polm.train.stop import StopRequest
 
 
 @dataclass
@@ -58,6 +64,24 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool, device: torch.device) -> Iterator[None]:
+    """While active (when enabled): torch.use_deterministic_algorithms(True, warn_only=False), so an op
+    without a deterministic kernel raises instead of varying run to run, and on CUDA
+    CUBLAS_WORKSPACE_CONFIG=:4096:8 (unless already set), which deterministic cuBLAS needs."""
+    if not enabled:
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=False)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
 def total_steps(cfg: TrainConfig, batches: BatchStream) -> int:
@@ -218,13 +242,25 @@ class _Loop:
         named = {k if k.startswith("eval/") else f"eval/{k}": float(v) for k, v in results.items()}
         self.logger.log({"step": step, **named})
 
+    def interrupt(self, step: int, total: int, signal_name: str, elapsed: float, saved: bool) -> None:
+        """Checkpoint `step` (unless this step already saved one) and stop with a one-line message."""
+        ckpt = checkpoint_path(self.run_dir, step) if saved else \
+            save_checkpoint(self.run_dir, step, self.state, {"elapsed_s": elapsed}, self.cfg.keep_checkpoints)
+        raise TrainingInterrupted(f"{signal_name} stopped training after step {step} of {total}; "
+                                  f"checkpoint {ckpt} saved", where=str(self.run_dir),
+                                  fix="Rerun the same command to resume from it")
 
-def _resume(run_dir: Path, cfg: TrainConfig, state: TrainState) -> dict[str, Any]:
+
+def _resume(run_dir: Path, cfg: TrainConfig, state: TrainState, total: int) -> dict[str, Any]:
+    """Load the newest checkpoint (when train.resume), say so in one line and note it in run.json."""
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if ckpt is None:
         return {"step": 0, "elapsed_s": 0.0}
     meta = load_checkpoint(ckpt, state)
     _rebase_lr(state, cfg.lr)
+    print(f"polm: resuming {run_dir} from {ckpt.relative_to(run_dir)} (step {meta['step']} of {total})",
+          file=sys.stderr, flush=True)
+    record_resume(run_dir, meta["step"])
     return meta
 
 
@@ -246,7 +282,8 @@ def train(
     """Run optimizer steps until cfg.max_steps (or cfg.epochs), resuming from run_dir when asked.
 
     `params` defaults to the model's parameters with requires_grad. Writes run_dir/metrics.jsonl,
-    run_dir/tb and run_dir/checkpoints/step-N; raises TrainingDiverged on a NaN/inf loss or grad norm.
+    run_dir/tb and run_dir/checkpoints/step-N; raises TrainingDiverged on a NaN/inf loss or grad norm,
+    and TrainingInterrupted after checkpointing the step at which SIGTERM/SIGINT arrived.
     """
     run_dir = Path(run_dir)
     seed_everything(cfg.seed)
@@ -259,12 +296,13 @@ def train(
     scaler = torch.amp.GradScaler("cuda") if resolve_precision(cfg.precision, device) == "fp16" else None
     state = TrainState(named_trainable(model, params), optimizer, build_scheduler(optimizer, cfg, total),
                        batches, scaler)
-    meta = _resume(run_dir, cfg, state)
-    loop = _Loop(model, step_fn, state, cfg, run_dir, eval_fn, device)
-    return _run(loop, start=meta["step"], total=total, elapsed_before=meta.get("elapsed_s", 0.0))
+    with StopRequest() as stop, deterministic_algorithms(cfg.deterministic, device):
+        meta = _resume(run_dir, cfg, state, total)
+        loop = _Loop(model, step_fn, state, cfg, run_dir, eval_fn, device)
+        return _run(loop, start=meta["step"], total=total, elapsed_before=meta.get("elapsed_s", 0.0), stop=stop)
 
 
-def _run(loop: _Loop, start: int, total: int, elapsed_before: float) -> TrainResult:
+def _run(loop: _Loop, start: int, total: int, elapsed_before: float, stop: StopRequest) -> TrainResult:
     cfg, began = loop.cfg, time.perf_counter()
     loop.logger = MetricsLogger(loop.run_dir, cfg.tensorboard, resume_step=start)
     bar = ProgressBar(total, start, cfg.progress)
@@ -278,11 +316,14 @@ def _run(loop: _Loop, start: int, total: int, elapsed_before: float) -> TrainRes
             tokens += record["tokens"]
             if step % max(cfg.log_every, 1) == 0 or step == total:
                 loop.logger.log({**record, "elapsed_s": elapsed})
-            bar.update(step, record["loss"], record["lr"])
+            bar.update(step, record["loss"], record["lr"], record["tokens_per_s"])
             if loop.eval_fn is not None and ((cfg.eval_every > 0 and step % cfg.eval_every == 0) or step == total):
                 loop.evaluate(step)
-            if cfg.save_every > 0 and step % cfg.save_every == 0:
+            saved = cfg.save_every > 0 and step % cfg.save_every == 0
+            if saved:
                 save_checkpoint(loop.run_dir, step, loop.state, {"elapsed_s": elapsed}, cfg.keep_checkpoints)
+            if stop.requested and step < total:   # after the last step the run simply finishes
+                loop.interrupt(step, total, stop.signal_name, elapsed, saved)
     finally:
         bar.close()
         loop.logger.close()

@@ -107,3 +107,23 @@ def test_loading_into_a_different_model_is_a_polm_error(tmp_path):
     wrong.params = {"lora_A": torch.nn.Parameter(torch.zeros(1))}
     with pytest.raises(PolmError, match="do not match this run"):
         load_checkpoint(path, wrong)
+
+
+def test_the_old_checkpoint_is_deleted_only_after_the_new_one_is_complete(tmp_path, monkeypatch):
+    state = make_state()
+    save_checkpoint(tmp_path, 2, state, {}, keep=1)
+    real_save = ckpt.torch.save
+
+    def fail_on_rng(obj, path):
+        if str(path).endswith("rng.pt"):                # optimizer.pt is written, then the save dies
+            raise OSError("No space left on device")
+        real_save(obj, path)
+
+    monkeypatch.setattr(ckpt.torch, "save", fail_on_rng)
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path, 4, state, {}, keep=1)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-2"]
+    monkeypatch.setattr(ckpt.torch, "save", real_save)
+    save_checkpoint(tmp_path, 4, state, {}, keep=1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-4"]
+    assert ckpt.checkpoint_path(tmp_path, 4) == tmp_path / "checkpoints" / "step-4"

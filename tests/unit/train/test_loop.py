@@ -1,9 +1,12 @@
-"""The shared loop on the tiny Llama: learning, accumulation invariance, exact resume, NaN guard, eval."""
+"""The shared loop on the tiny Llama: learning, accumulation invariance, exact resume (after a kill or a
+signal), default checkpoints, NaN guard, eval, progress lines, deterministic mode."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 from functools import partial
 from pathlib import Path
 
@@ -13,7 +16,7 @@ from conftest import build_tiny_llama
 from safetensors.torch import load_file
 
 from polm.data.collate import pad_collate
-from polm.errors import PolmError, TrainingDiverged
+from polm.errors import PolmError, TrainingDiverged, TrainingInterrupted
 from polm.ops import causal_lm_loss
 from polm.train import BatchStream, StepOutput, TrainConfig, train
 from polm.train.checkpoint import list_checkpoints
@@ -40,7 +43,8 @@ def stream(examples: list[dict], mbs: int, seed: int = 0) -> BatchStream:
 
 
 def sft_step(model, fail_at: int | None = None, poison: str = "loss"):
-    """A causal-LM step_fn; on call number `fail_at` it raises (a kill) or poisons the loss/grad."""
+    """A causal-LM step_fn; on call number `fail_at` it raises (a kill), signals its own process
+    (poison "SIGTERM"/"SIGINT", twice for "SIGINTx2") or poisons the loss/grad."""
     calls = {"n": 0}
 
     def step(batch: dict) -> StepOutput:
@@ -48,6 +52,10 @@ def sft_step(model, fail_at: int | None = None, poison: str = "loss"):
         loss_sum, count = causal_lm_loss(model, batch, chunk_size=8)
         if calls["n"] == fail_at and poison == "kill":
             raise RuntimeError("simulated kill")
+        if calls["n"] == fail_at and poison.startswith("SIG"):
+            name, _, times = poison.partition("x")
+            for _ in range(int(times or 1)):
+                os.kill(os.getpid(), getattr(signal, name))
         if calls["n"] == fail_at and poison == "loss":
             loss_sum = loss_sum * float("nan")
         if calls["n"] == fail_at and poison == "grad":
@@ -152,6 +160,77 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_losses(tmp_path):
     assert [r["step"] for r in lines] == list(range(1, 9))
     assert [r["loss"] for r in lines] == full.losses
     assert [p.name for p in list_checkpoints(killed)] == ["step-8"]
+
+
+def test_by_default_a_run_checkpoints_every_50_steps_and_keeps_the_last_2(tmp_path):
+    defaults = TrainConfig()
+    assert (defaults.save_every, defaults.keep_checkpoints, defaults.resume) == (50, 2, True)
+    run(tmp_path, config(max_steps=150), counting_examples(8))      # config() leaves the save settings alone
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-100", "step-150"]
+
+
+def test_keep_checkpoints_keeps_the_newest_k(tmp_path):
+    run(tmp_path, config(max_steps=10, save_every=2, keep_checkpoints=3), counting_examples(8))
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-6", "step-8", "step-10"]
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_checkpoints_the_step_stops_and_the_rerun_continues_exactly(tmp_path, capsys, sig):
+    examples = counting_examples(12)
+    cfg = config(save_every=4, keep_checkpoints=2)
+    _, full = run(tmp_path / "full", cfg, examples, model=add_attention_dropout(build_tiny_llama(VOCAB)))
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+
+    stopped = tmp_path / "stopped"
+    with pytest.raises(TrainingInterrupted) as err:        # the signal arrives during step 6 of 8
+        run(stopped, cfg, examples, model=add_attention_dropout(build_tiny_llama(VOCAB)), fail_at=6, poison=sig)
+    assert str(err.value) == (f"{stopped}: {sig} stopped training after step 6 of 8; checkpoint "
+                              f"{stopped / 'checkpoints' / 'step-6'} saved. Rerun the same command to resume from it")
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
+    assert [p.name for p in list_checkpoints(stopped)] == ["step-4", "step-6"]
+    assert [r["step"] for r in train_lines(stopped)] == [1, 2, 3, 4, 5, 6]
+    capsys.readouterr()
+
+    model = add_attention_dropout(build_tiny_llama(VOCAB, seed=123))
+    _, resumed = run(stopped, cfg, examples, model=model)
+    assert capsys.readouterr().err == f"polm: resuming {stopped} from checkpoints/step-6 (step 6 of 8)\n"
+    assert resumed.resumed_from == 6 and resumed.losses == full.losses[6:]   # exactly
+    assert [r["loss"] for r in train_lines(stopped)] == full.losses
+
+
+def test_a_signal_during_the_last_step_lets_the_run_finish(tmp_path):
+    _, result = run(tmp_path, config(max_steps=4, save_every=0), counting_examples(8), fail_at=4, poison="SIGTERM")
+    assert result.steps == 4 and list_checkpoints(tmp_path) == []
+
+
+def test_a_second_sigint_stops_at_once(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, config(max_steps=4), counting_examples(8), fail_at=2, poison="SIGINTx2")
+    assert list_checkpoints(tmp_path) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_deterministic_mode_is_on_while_training_only(tmp_path):
+    model = build_tiny_llama(VOCAB)
+    inner, seen = sft_step(model), []
+
+    def step(batch: dict) -> StepOutput:
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return inner(batch)
+
+    examples = counting_examples(8)
+    result = train(model=model, step_fn=step, batches=stream(examples, 4), cfg=config(max_steps=3, deterministic=True),
+                   run_dir=tmp_path / "det")
+    assert seen == [True] * 3 and not torch.are_deterministic_algorithms_enabled()
+    _, plain = run(tmp_path / "plain", config(max_steps=3), examples)
+    assert result.losses == plain.losses                          # CPU kernels were deterministic already
+
+
+def test_progress_off_a_terminal_is_plain_lines(tmp_path, capsys):
+    run(tmp_path, config(max_steps=20, progress=True), counting_examples(8))
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split()[2] for line in lines] == [f"{k}/20" for k in range(2, 21, 2)]   # a tenth of the run each
+    assert all(line.startswith("train: step ") and " tokens/s  elapsed " in line for line in lines)
 
 
 def test_resume_false_starts_over_and_rewrites_history(tmp_path):
