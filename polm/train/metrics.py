@@ -1,4 +1,5 @@
-"""Where training numbers go: `metrics.jsonl` (one JSON object per line), TensorBoard, a progress bar.
+"""Where training numbers go: `metrics.jsonl` (one JSON object per line), TensorBoard, progress (a bar on
+a terminal, plain lines elsewhere).
 
 metrics.jsonl is the run's single history: on resume from step N, lines after N are dropped, so a
 killed-and-resumed run reads exactly like an uninterrupted one.
@@ -10,8 +11,10 @@ import json
 import math
 import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -76,38 +79,92 @@ def _tensorboard_writer(log_dir: Path, resume_step: int):
 
 
 class ProgressBar:
-    """A rich progress bar on stderr with ETA and a live status (loss/lr while training); does nothing
-    when disabled."""
+    """Progress on stderr (or `stream`). On a terminal: a rich bar with ETA and a live status (loss/lr
+    while training). Elsewhere (nohup, CI, a pipe), where that bar would be invisible: one plain,
+    flushed line every `every` steps (default: a tenth of the run) or `interval_s` seconds since the
+    last line, whichever comes first, and at the end. Disabled: nothing."""
 
-    def __init__(self, total: int, start: int, enabled: bool, label: str = "train"):
+    def __init__(self, total: int, start: int, enabled: bool, label: str = "train", *, stream: TextIO | None = None,
+                 every: int | None = None, interval_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
         self._progress = None
+        self._lines: _PlainLines | None = None
         if not enabled:
             return
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
 
-        self._progress = Progress(
-            TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-            console=Console(file=sys.stderr),
-        )
-        self._task = self._progress.add_task(label, total=total, completed=start, status="")
-        self._progress.start()
+        console = Console(file=sys.stderr if stream is None else stream)
+        if console.is_terminal or console.is_jupyter:
+            self._progress = _rich_progress(console, label, total, start)
+            self._task = self._progress.tasks[0].id
+        else:
+            every = every if every is not None else max(1, math.ceil(total / 10))
+            self._lines = _PlainLines(console.file, label, total, start, every, interval_s, clock)
 
-    def update(self, step: int, loss: float, lr: float) -> None:
-        self.advance_to(step, f"loss {loss:.4f}  lr {lr:.2e}")
+    def update(self, step: int, loss: float, lr: float, tokens_per_s: float | None = None) -> None:
+        if self._lines is not None:
+            speed = f"  {tokens_per_s:.0f} tokens/s" if tokens_per_s is not None else ""
+            self._lines.advance_to(step, f"loss {loss:.4f}  lr {lr:.2e}{speed}", noun="step ")
+        else:
+            self.advance_to(step, f"loss {loss:.4f}  lr {lr:.2e}")
 
     def advance_to(self, completed: int, status: str = "") -> None:
         if self._progress is not None:
             self._progress.update(self._task, completed=completed, status=status)
+        elif self._lines is not None:
+            self._lines.advance_to(completed, status)
 
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+def _rich_progress(console, label: str, total: int, start: int):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    progress = Progress(
+        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=console,
+    )
+    progress.add_task(label, total=total, completed=start, status="")
+    progress.start()
+    return progress
+
+
+def clock_text(seconds: float) -> str:
+    """Seconds as H:MM:SS (rich's elapsed-time format)."""
+    whole = int(max(seconds, 0))
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+class _PlainLines:
+    """The non-terminal progress: `label: [step ]k/N  status  elapsed H:MM:SS  eta H:MM:SS`, where
+    eta = (N - k) × elapsed / (k - start), the rate of this call (a resumed run counts from its start)."""
+
+    def __init__(self, stream: TextIO, label: str, total: int, start: int, every: int, interval_s: float,
+                 clock: Callable[[], float]):
+        self.stream, self.label, self.total, self.start = stream, label, total, start
+        self.every, self.interval_s, self.clock = every, interval_s, clock
+        self.began = self.last_time = clock()
+        self.last_count = start
+
+    def advance_to(self, completed: int, status: str, noun: str = "") -> None:
+        now = self.clock()
+        due = (completed >= self.total or completed - self.last_count >= self.every
+               or now - self.last_time >= self.interval_s)
+        if not due or completed <= self.last_count:
+            return
+        elapsed = now - self.began
+        done = completed - self.start
+        eta = clock_text((self.total - completed) * elapsed / done) if done > 0 else "?"
+        status = f"  {status}" if status else ""
+        self.stream.write(f"{self.label}: {noun}{completed}/{self.total}{status}  "
+                          f"elapsed {clock_text(elapsed)}  eta {eta}\n")
+        self.stream.flush()
+        self.last_count, self.last_time = completed, now
