@@ -28,8 +28,13 @@ class LoraConfig:
             raise PolmError("lora.target_modules is empty", fix="Name at least one module, e.g. [q_proj, v_proj].")
 
 
-def attach_adapter(model, cfg: LoraConfig, *, quantized: bool = False, gradient_checkpointing: bool = False):
-    """Wrap `model` in a trainable PEFT LoRA/DoRA adapter; the base weights stay frozen."""
+def attach_adapter(model, cfg: LoraConfig, *, quantized: bool = False, gradient_checkpointing: bool = False,
+                   task_type: str = "CAUSAL_LM", modules_to_save: list[str] | None = None):
+    """Wrap `model` in a trainable PEFT LoRA/DoRA adapter; the base weights stay frozen.
+
+    task_type: peft's task ("SEQ_CLS" for a score model, whose `score` head peft then trains in full);
+    modules_to_save: further modules trained in full and saved with the adapter.
+    """
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model, prepare_model_for_kbit_training
 
@@ -43,7 +48,8 @@ def attach_adapter(model, cfg: LoraConfig, *, quantized: bool = False, gradient_
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                               target_modules=list(cfg.target_modules), use_dora=cfg.dora,
-                              use_rslora=cfg.rslora, task_type="CAUSAL_LM", bias="none")
+                              use_rslora=cfg.rslora, task_type=task_type, bias="none",
+                              modules_to_save=list(modules_to_save) if modules_to_save else None)
     model = get_peft_model(model, peft_cfg)
     if gradient_checkpointing:
         model.enable_input_require_grads()

@@ -29,22 +29,15 @@ from polm.data.preferences import encode_pairs, encode_unpaired, load_preference
 from polm.errors import PolmError
 from polm.losses import PREFERENCE_LOSSES, PairLogps, UnpairedLogps
 from polm.models import LoraConfig, ModelConfig, attach_adapter, load_model, load_tokenizer
+from polm.models.frozen import FrozenModel, cached_outputs, completion_logps
 from polm.models.load import resolve_path
-from polm.models.reference import (
-    Reference,
-    cache_key,
-    cached_reference_logps,
-    completion_logps,
-    model_fingerprint,
-    reference_pass,
-)
-from polm.models.save import save_pretrained_atomic
+from polm.models.save import save_final
 from polm.recipes.common import add_config_arguments, config_from_args
 from polm.rundir import check_output_dir, records_sha256, run_directory
 from polm.train.batches import BatchStream
 from polm.train.config import TrainConfig
 from polm.train.heldout import make_heldout_eval
-from polm.train.loop import StepOutput, autocast_context, resolve_precision, train
+from polm.train.loop import StepOutput, autocast_context, resolve_precision, seed_everything, train
 from polm.train.plots import plot_metrics
 
 LOSS_PARAMS = ("beta", "label_smoothing", "gamma", "sft_weight", "desirable_weight", "undesirable_weight")
@@ -122,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
 def run_dpo(cfg: DPOConfig) -> dict:
     run_dir = Path(cfg.output_dir)
     check_output_dir(run_dir, resume=cfg.train.resume, overwrite=cfg.overwrite)
+    seed_everything(cfg.train.seed)   # before the adapter's random init
     loss_fn = PREFERENCE_LOSSES.get(cfg.loss)
     kwargs = loss_kwargs(cfg, loss_fn)
     unpaired = getattr(loss_fn, "unpaired", False)
@@ -149,7 +143,7 @@ def run_dpo(cfg: DPOConfig) -> dict:
     lineage = {"model": cfg.model.name, "loss": cfg.loss, "loss_params": kwargs, "data": data_info}
     with run_directory(run_dir, cfg, recipe="dpo", overwrite=cfg.overwrite, lineage=lineage):
         result = train(model=model, step_fn=step, batches=batches, cfg=cfg.train, run_dir=run_dir, eval_fn=eval_fn)
-        final_dir = save_final(model, tokenizer, cfg, run_dir, kwargs)
+        final_dir = save_final(model, tokenizer, run_dir, card=model_card(cfg, run_dir, kwargs))
         plot_metrics(run_dir)
     return {"steps": result.steps, "final_loss": result.final_loss, "losses": result.losses, "loss": cfg.loss,
             "final_dir": str(final_dir), "model": model, "run_dir": str(run_dir), "data": data_info}
@@ -205,10 +199,13 @@ def make_collate(cfg: DPOConfig, tokenizer, unpaired: bool):
     return collate
 
 
-def make_step(model, loss_fn, kwargs: dict, reference: Reference | None, unpaired: bool, chunk: int | None):
+def make_step(model, loss_fn, kwargs: dict, reference: FrozenModel | None, unpaired: bool, chunk: int | None):
+    """The DPO step; the reference log-probs are the batch's precomputed `ref_logps` when it has them."""
     def step(batch: dict) -> StepOutput:
         logps, tokens = completion_logps(model, batch, chunk)
-        ref = reference(batch) if reference is not None else None
+        ref = batch.get("ref_logps")
+        if ref is None and reference is not None:
+            ref = reference.sequence_logps(batch, chunk)[0]
         n = logps.shape[0] // 2
         if unpaired:
             lp = UnpairedLogps(logps[:n], ref[:n], batch["desirable"], logps[n:], ref[n:])
@@ -220,45 +217,43 @@ def make_step(model, loss_fn, kwargs: dict, reference: Reference | None, unpaire
     return step
 
 
-def build_reference(cfg: DPOConfig, model, tokenizer, examples: list[dict], collate) -> tuple[Reference, dict]:
-    """The reference for cfg.reference.mode; precompute stores each example's ref log-probs in ex['ref']."""
+def build_reference(cfg: DPOConfig, model, tokenizer, examples: list[dict], collate) -> tuple[FrozenModel | None, dict]:
+    """The reference for cfg.reference.mode; precompute stores each example's ref log-probs in ex['ref']
+    and returns no model (training then runs no reference forward)."""
     peft = callable(getattr(model, "disable_adapter", None))
     mode = cfg.reference.mode
     if mode == "auto":
         mode = "adapter" if peft else "copy"
-    chunk = cfg.loss_chunk_size or None
-    if mode != "precompute":
-        return Reference(mode, model, chunk), {"mode": mode}
+    if mode == "adapter":
+        return FrozenModel.adapter_disabled(model), {"mode": mode}
+    if mode == "copy":
+        return FrozenModel.copy_of(model), {"mode": mode}
     # before the first update the policy (adapters off, or itself) IS the reference
-    once = Reference("adapter" if peft else "initial", model, chunk)
+    source = resolve_path(cfg.model.name)
+    once = FrozenModel.adapter_disabled(model, source=source) if peft else FrozenModel.initial(model, source=source)
     seqs = [s for ex in examples for s in sequences_of(ex)]
     device = next(model.parameters()).device
     # the pass runs under the loop's autocast: the policy's step-1 log-probs must equal these exactly
     precision = resolve_precision(cfg.train.precision, device)
-    key = cache_key(model_fingerprint(resolve_path(cfg.model.name)), [s["input_ids"] for s in seqs],
-                    getattr(tokenizer, "chat_template", None),
-                    {"labels": records_sha256([{"l": s["labels"]} for s in seqs]), "dtype": cfg.model.dtype,
-                     "precision": precision})
+    key = once.cache_key([s["input_ids"] for s in seqs], getattr(tokenizer, "chat_template", None),
+                         {"labels": records_sha256([{"l": s["labels"]} for s in seqs]), "dtype": cfg.model.dtype,
+                          "precision": precision})
     pair_collate = (lambda s: pack_collate(s)) if cfg.data.packing else (lambda s: pad_collate(s, tokenizer.pad_token_id))
 
-    def compute() -> torch.Tensor:
+    def compute() -> dict[str, torch.Tensor]:
         with autocast_context(precision, device):
-            return reference_pass(once, seqs, pair_collate, cfg.reference.batch_size, device)
+            return {"logps": once.sequence_logps_of(seqs, pair_collate, cfg.reference.batch_size, cfg.loss_chunk_size or None)}
 
-    logps, hit = cached_reference_logps(key, Path(cfg.reference.cache_dir), compute)
-    pairs = logps.view(-1, 2).tolist()
-    for ex, ref in zip(examples, pairs):
+    cached, hit = cached_outputs(key, Path(cfg.reference.cache_dir), compute)
+    for ex, ref in zip(examples, cached["logps"].view(-1, 2).tolist()):
         ex["ref"] = ref
-    return Reference("precompute", model, chunk), {"mode": "precompute", "cache_key": key, "cache_hit": hit}
+    return None, {"mode": "precompute", "cache_key": key, "cache_hit": hit}
 
 
-def save_final(model, tokenizer, cfg: DPOConfig, run_dir: Path, params: dict) -> Path:
-    """`final/`: a PEFT adapter or a full model, plus tokenizer and a model card naming the loss."""
+def model_card(cfg: DPOConfig, run_dir: Path, params: dict) -> str:
+    """README of `final/` (a PEFT adapter or a full model), naming the loss and its parameters."""
     kind = "full model" if cfg.method == "full" else f"{cfg.method.upper()} adapter (r={cfg.lora.r})"
-    card = (f"# {run_dir.name}\n\nPreference-optimised (`{cfg.loss}`, {params or 'default parameters'}) from "
+    return (f"# {run_dir.name}\n\nPreference-optimised (`{cfg.loss}`, {params or 'default parameters'}) from "
             f"`{cfg.model.name}` by polm ({kind}).\n\n- data: `{cfg.data.train}`\n- steps: {cfg.train.max_steps}, "
             f"lr {cfg.train.lr}\n\nLoad with `polm generate --model path`, `peft.AutoPeftModelForCausalLM` "
             "(adapter) or `transformers.AutoModelForCausalLM` (full model).\n")
-    if cfg.method == "full" and model.config.use_cache is False:
-        model.config.use_cache = True
-    return save_pretrained_atomic(model, tokenizer, run_dir / "final", card=card, overwrite=True)

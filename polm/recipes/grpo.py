@@ -16,8 +16,6 @@ Papers: GRPO, Shao et al. 2024; Dr. GRPO, Liu et al. 2025; DAPO, Yu et al. 2025;
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -25,51 +23,23 @@ from typing import Literal
 import torch
 
 from polm.advantages import ADVANTAGES
-from polm.data.loaders import load_records
-from polm.data.templating import format_prompt, prompt_of
 from polm.errors import PolmError
 from polm.losses.kl import KL_ESTIMATORS
 from polm.losses.policy import POLICY_LOSSES
 from polm.models import LoraConfig, ModelConfig, attach_adapter, load_model, load_tokenizer
-from polm.models.save import save_pretrained_atomic
+from polm.models.save import save_final
 from polm.recipes.common import add_config_arguments, config_from_args
 from polm.rewards import RewardSet
-from polm.rollout import SamplingConfig, build_generator
+from polm.rollout import build_generator
 from polm.rollout.batch import collate_rollout, policy_forward
-from polm.rollout.stream import RolloutStream, check_rollout_shape
-from polm.rundir import check_output_dir, records_sha256, run_directory, write_json
+from polm.rollout.prompts import prepare_prompts
+from polm.rollout.reference import add_reference_logprobs, rl_reference
+from polm.rollout.settings import PromptData, RolloutSettings
+from polm.rollout.stream import RolloutStream
+from polm.rundir import check_output_dir, run_directory, write_json
 from polm.train.config import TrainConfig
-from polm.train.loop import StepOutput, train
+from polm.train.loop import StepOutput, seed_everything, train
 from polm.train.plots import plot_metrics
-
-
-@dataclass
-class GRPOData:
-    train: str = "builtin:reasoning-gym/basic_arithmetic?n=2000&seed=0"
-    chat: bool = True                  # apply the tokenizer's chat template to prompts
-    max_prompt_length: int = 256       # longer prompts are dropped (and counted)
-    prompt_suffix: str = ""            # appended to each prompt on a new line (e.g. the eval's answer-format line)
-
-
-@dataclass
-class RolloutSettings:
-    backend: Literal["hf", "vllm"] = "hf"
-    prompts_per_rollout: int = 4
-    group_size: int = 8                # completions per prompt (G)
-    max_new_tokens: int = 128
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    stop: list[str] = field(default_factory=list)
-
-    def sampling(self) -> SamplingConfig:
-        return SamplingConfig(n=self.group_size, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                              top_p=self.top_p, top_k=self.top_k, stop=list(self.stop))
-
-    def check(self, train: TrainConfig) -> None:
-        """Valid sampling settings, and rollouts that fill whole optimizer steps."""
-        self.sampling().validate()
-        check_rollout_shape(self.prompts_per_rollout, self.group_size, train.micro_batch_size, train.grad_accum)
 
 
 @dataclass
@@ -78,7 +48,7 @@ class GRPOConfig:
     method: Literal["full", "lora"] = "lora"
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
-    data: GRPOData = field(default_factory=GRPOData)
+    data: PromptData = field(default_factory=PromptData)
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
     rewards: dict[str, float] = field(default_factory=lambda: {"reasoning_gym": 1.0})
     reward_options: dict[str, dict] = field(default_factory=dict)
@@ -124,17 +94,18 @@ def run(args: argparse.Namespace) -> int:
 def run_grpo(cfg: GRPOConfig) -> dict:
     run_dir = Path(cfg.output_dir)
     check_output_dir(run_dir, resume=cfg.train.resume, overwrite=cfg.overwrite)
+    seed_everything(cfg.train.seed)   # before the adapter's random init
 
     # 1. prompts and rewards: every user mistake surfaces before the model loads
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
     rewards = RewardSet(cfg.rewards, cfg.reward_options)
-    prompts, data_info = prepare_prompts(cfg, tokenizer, rewards)
+    prompts, data_info = prepare_prompts(cfg.data, tokenizer, rewards, recipe="grpo")
 
     # 2. policy (+ adapter), reference for the KL term, rollout engine
     model = load_model(cfg.model)
     if cfg.method == "lora":
         model = attach_adapter(model, cfg.lora, gradient_checkpointing=cfg.model.gradient_checkpointing)
-    reference = make_reference(model, cfg)
+    reference = rl_reference(model, cfg.method, cfg.beta)
     generator = build_generator(cfg.rollout.backend, model, tokenizer, model_path=cfg.model.name)
     pad_id = tokenizer.pad_token_id
 
@@ -147,7 +118,7 @@ def run_grpo(cfg: GRPOConfig) -> dict:
         examples = [{"prompt_ids": records[c.prompt_index]["prompt_ids"], "completion_ids": c.token_ids,
                      "old_logprobs": c.logprobs, "advantage": float(a)} for c, a in zip(completions, advantages)]
         if reference is not None:
-            add_reference_logprobs(reference, examples, pad_id, cfg)
+            add_reference_logprobs(reference, examples, pad_id, cfg.train.micro_batch_size, cfg.rollout.temperature or 1.0)
         lengths = [len(c.token_ids) for c in completions]
         return examples, {**scores.metrics(), "completion/length": sum(lengths) / len(lengths),
                           "completion/truncated": sum(c.finish_reason == "length" for c in completions) / len(lengths)}
@@ -181,94 +152,18 @@ def run_grpo(cfg: GRPOConfig) -> dict:
                   "training_s": result.elapsed_s - stream.session_generation_s,
                   "reward_failures": dict(rewards.failures)}
         write_json(run_dir / "timing.json", timing)
-        final_dir = save_final(model, tokenizer, cfg, run_dir)
-        plot_metrics(run_dir)
-        plot_rewards(run_dir)
-    report_failures(rewards)
+        final_dir = save_final(model, tokenizer, run_dir, card=model_card(cfg, run_dir))
+        plot_metrics(run_dir)   # loss.png, reward.png (total and each reward), lr.png, grad_norm.png
+    rewards.report_failures()
     return {"steps": result.steps, "losses": result.losses, "final_dir": str(final_dir), "model": model,
             "run_dir": str(run_dir), "timing": timing, "reward_mean": stream.metrics.get("reward/mean", float("nan")),
             "reward_failures": dict(rewards.failures)}
 
 
-def prepare_prompts(cfg: GRPOConfig, tokenizer, rewards: RewardSet) -> tuple[list[dict], dict]:
-    """Records with a 'prompt' (string) or 'messages' (ending in a user turn) → + 'prompt_ids'."""
-    loaded = load_records(cfg.data.train, require_targets=False)
-    rewards.check_records(loaded.records, cfg.data.train)
-    prompts, too_long = [], 0
-    for i, rec in enumerate(loaded.records):
-        prompt = prompt_of(rec, f"{cfg.data.train}: record {i + 1}")
-        if cfg.data.prompt_suffix and isinstance(prompt, str):
-            prompt = f"{prompt}\n{cfg.data.prompt_suffix}"
-        text = format_prompt(tokenizer, prompt, cfg.data.chat)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) > cfg.data.max_prompt_length:
-            too_long += 1
-            continue
-        prompts.append({**rec, "prompt_ids": ids})
-    if not prompts:
-        raise PolmError(f"every prompt of '{cfg.data.train}' is longer than data.max_prompt_length="
-                        f"{cfg.data.max_prompt_length} tokens", fix="Raise data.max_prompt_length.")
-    if too_long:
-        print(f"polm grpo: skipped {too_long} prompts longer than {cfg.data.max_prompt_length} tokens")
-    return prompts, {"train": cfg.data.train, "train_sha256": records_sha256(loaded.records),
-                     "prompts": len(prompts), "skipped_too_long": too_long}
-
-
-def make_reference(model, cfg: GRPOConfig):
-    """The frozen starting policy for the KL term: LoRA's base (adapter off) or a copy of the full model."""
-    if cfg.beta == 0:
-        return None
-    if cfg.method == "lora":
-        return model   # add_reference_logprobs turns the adapter off
-    ref = copy.deepcopy(model).eval()
-    ref.requires_grad_(False)
-    return ref
-
-
-@torch.no_grad()
-def add_reference_logprobs(reference, examples: list[dict], pad_id: int, cfg: GRPOConfig) -> None:
-    """examples[i]['ref_logprobs'] = log π_ref(completion tokens), in micro-batches."""
-    off = getattr(reference, "disable_adapter", None)
-    was_training = reference.training
-    reference.eval()
-    try:
-        for i in range(0, len(examples), cfg.train.micro_batch_size):
-            chunk = examples[i:i + cfg.train.micro_batch_size]
-            batch = collate_rollout(chunk, pad_id)
-            batch = {k: v.to(next(reference.parameters()).device) for k, v in batch.items()}
-            with off() if callable(off) else contextlib.nullcontext():
-                lps = policy_forward(reference, batch, cfg.rollout.temperature or 1.0).logprobs
-            for row, ex in enumerate(chunk):
-                ex["ref_logprobs"] = lps[row, :len(ex["completion_ids"])].tolist()
-    finally:
-        reference.train(was_training)
-
-
-def report_failures(rewards: RewardSet) -> None:
-    failed = {k: v for k, v in rewards.failures.items() if v}
-    if failed:
-        print("polm: warning: reward failures during the run (scored 0): "
-              + ", ".join(f"{k}: {v}" for k, v in failed.items()) + " — see reward/<name>/failures in metrics.jsonl")
-
-
-def plot_rewards(run_dir: Path) -> Path:
-    """plots/reward.png: the combined reward mean and each reward's mean per step."""
-    from polm.train.metrics import read_metrics
-    from polm.train.plots import _save_figure, _series
-
-    records = read_metrics(run_dir)
-    keys = sorted({k for r in records for k in r if k == "reward/mean" or (k.startswith("reward/") and k.endswith("/mean"))})
-    curves = {"total" if k == "reward/mean" else k[len("reward/"):-len("/mean")]: _series(records, k) for k in keys}
-    return _save_figure(curves, "reward (mean over the rollout)", f"Reward — {run_dir.name}", run_dir / "plots" / "reward.png")
-
-
-def save_final(model, tokenizer, cfg, run_dir: Path, recipe: str = "GRPO") -> Path:
-    """`final/`: a LoRA adapter or a full model, plus tokenizer and a model card."""
+def model_card(cfg: GRPOConfig, run_dir: Path) -> str:
+    """README of `final/`: a LoRA adapter or a full model, its prompts, rewards and rollout shape."""
     kind = "full model" if cfg.method == "full" else f"LoRA adapter (r={cfg.lora.r}, alpha={cfg.lora.alpha})"
-    card = (f"# {run_dir.name}\n\n{recipe} fine-tune of `{cfg.model.name}` written by polm ({kind}).\n\n"
+    return (f"# {run_dir.name}\n\nGRPO fine-tune of `{cfg.model.name}` written by polm ({kind}).\n\n"
             f"- prompts: `{cfg.data.train}`\n- rewards: {cfg.rewards}\n- steps: {cfg.train.max_steps}, "
             f"lr {cfg.train.lr}, {cfg.rollout.prompts_per_rollout} prompts × {cfg.rollout.group_size} "
             f"completions per rollout\n")
-    if cfg.method == "full" and model.config.use_cache is False:
-        model.config.use_cache = True
-    return save_pretrained_atomic(model, tokenizer, run_dir / "final", card=card, overwrite=True)

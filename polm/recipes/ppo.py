@@ -20,31 +20,25 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from torch import nn
 
 from polm.advantages import gae_advantages
 from polm.errors import PolmError
 from polm.losses.policy import POLICY_LOSSES, clipped_value_loss
 from polm.models import LoraConfig, ModelConfig, attach_adapter, load_model, load_tokenizer
+from polm.models.heads import VALUE_HEAD_FILE, ValueHead, value_head_bytes
+from polm.models.save import save_final
 from polm.ops import masked_mean
 from polm.recipes.common import add_config_arguments, config_from_args
-from polm.recipes.grpo import (
-    GRPOData,
-    RolloutSettings,
-    add_reference_logprobs,
-    make_reference,
-    plot_rewards,
-    prepare_prompts,
-    report_failures,
-    save_final,
-)
 from polm.rewards import RewardSet
 from polm.rollout import build_generator
 from polm.rollout.batch import collate_rollout, policy_forward
+from polm.rollout.prompts import prepare_prompts
+from polm.rollout.reference import add_reference_logprobs, rl_reference
+from polm.rollout.settings import PromptData, RolloutSettings
 from polm.rollout.stream import RolloutStream
 from polm.rundir import check_output_dir, run_directory, write_json
 from polm.train.config import TrainConfig
-from polm.train.loop import StepOutput, train
+from polm.train.loop import StepOutput, seed_everything, train
 from polm.train.plots import plot_metrics
 
 
@@ -54,7 +48,7 @@ class PPOConfig:
     method: Literal["full", "lora"] = "lora"
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
-    data: GRPOData = field(default_factory=GRPOData)
+    data: PromptData = field(default_factory=PromptData)
     rollout: RolloutSettings = field(default_factory=lambda: RolloutSettings(group_size=1, prompts_per_rollout=16))
     rewards: dict[str, float] = field(default_factory=lambda: {"reasoning_gym": 1.0})
     reward_options: dict[str, dict] = field(default_factory=dict)
@@ -88,32 +82,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-class ValueHead(nn.Module):
-    """V(s_t) = w · h_t + b on the policy's last hidden state; starts at 0 so early advantages are the rewards."""
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.linear = nn.Linear(hidden_size, 1)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.linear(hidden.to(self.linear.weight.dtype)).squeeze(-1)
-
-
 def run_ppo(cfg: PPOConfig) -> dict:
     run_dir = Path(cfg.output_dir)
     check_output_dir(run_dir, resume=cfg.train.resume, overwrite=cfg.overwrite)
+    seed_everything(cfg.train.seed)   # before the adapter's random init
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
     rewards = RewardSet(cfg.rewards, cfg.reward_options)
-    prompts, data_info = prepare_prompts(cfg, tokenizer, rewards)
+    prompts, data_info = prepare_prompts(cfg.data, tokenizer, rewards, recipe="ppo")
 
     model = load_model(cfg.model)
     if cfg.method == "lora":
         model = attach_adapter(model, cfg.lora, gradient_checkpointing=cfg.model.gradient_checkpointing)
     device = next(model.parameters()).device
     head = ValueHead(model.config.hidden_size).to(device)
-    reference = make_reference(model, cfg)
+    reference = rl_reference(model, cfg.method, cfg.beta)
     generator = build_generator(cfg.rollout.backend, model, tokenizer, model_path=cfg.model.name)
     pad_id, temperature = tokenizer.pad_token_id, cfg.rollout.temperature or 1.0
 
@@ -124,7 +106,7 @@ def run_ppo(cfg: PPOConfig) -> dict:
         examples = [{"prompt_ids": records[c.prompt_index]["prompt_ids"], "completion_ids": c.token_ids,
                      "old_logprobs": c.logprobs, "score": s} for c, s in zip(completions, scores.total)]
         if reference is not None:
-            add_reference_logprobs(reference, examples, pad_id, cfg)
+            add_reference_logprobs(reference, examples, pad_id, cfg.train.micro_batch_size, temperature)
         kl = add_values_and_advantages(model, head, examples, pad_id, cfg, temperature)
         lengths = [len(c.token_ids) for c in completions]
         return examples, {**scores.metrics(), "kl": kl, "completion/length": sum(lengths) / len(lengths)}
@@ -152,11 +134,10 @@ def run_ppo(cfg: PPOConfig) -> dict:
         write_json(run_dir / "timing.json", {"generation_s": stream.session_generation_s,
                                              "training_s": result.elapsed_s - stream.session_generation_s,
                                              "reward_failures": dict(rewards.failures)})
-        final_dir = save_final(model, tokenizer, cfg, run_dir, recipe="PPO")
-        save_value_head(head, final_dir)
-        plot_metrics(run_dir)
-        plot_rewards(run_dir)
-    report_failures(rewards)
+        final_dir = save_final(model, tokenizer, run_dir, card=model_card(cfg, run_dir),
+                               extra_files={VALUE_HEAD_FILE: value_head_bytes(head)})
+        plot_metrics(run_dir)   # loss.png, reward.png (total and each reward), lr.png, grad_norm.png
+    rewards.report_failures()
     return {"steps": result.steps, "losses": result.losses, "final_dir": str(final_dir), "model": model,
             "value_head": head, "run_dir": str(run_dir)}
 
@@ -193,9 +174,10 @@ def add_values_and_advantages(model, head: ValueHead, examples: list[dict], pad_
     return float(masked_mean(kl, mask))
 
 
-def save_value_head(head: ValueHead, final_dir: str | Path) -> Path:
-    from safetensors.torch import save_file
-
-    path = Path(final_dir) / "value_head.safetensors"
-    save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(path))
-    return path
+def model_card(cfg: PPOConfig, run_dir: Path) -> str:
+    """README of `final/`: a LoRA adapter or a full model (value head beside it), its prompts, rewards, rollout shape."""
+    kind = "full model" if cfg.method == "full" else f"LoRA adapter (r={cfg.lora.r}, alpha={cfg.lora.alpha})"
+    return (f"# {run_dir.name}\n\nPPO fine-tune of `{cfg.model.name}` written by polm ({kind}).\n\n"
+            f"- prompts: `{cfg.data.train}`\n- rewards: {cfg.rewards}\n- steps: {cfg.train.max_steps}, "
+            f"lr {cfg.train.lr}, {cfg.rollout.prompts_per_rollout} prompts × {cfg.rollout.group_size} "
+            f"completions per rollout\n")

@@ -6,8 +6,8 @@
 r(x, y) = w · h_last, the score head on the hidden state of the sequence's last real token;
 ℓ = -log σ(r(x, y_w) - r(x, y_l) - m) (Ouyang et al. 2022; margin m from a record's `margin`, Touvron
 et al. 2023). Reports pair accuracy [r_w > r_l] on held-out pairs. `final/` is a plain Hugging Face
-`AutoModelForSequenceClassification` (LoRA is merged in), and `load_reward_model(path).score(texts)`
-turns it into a reward function.
+`AutoModelForSequenceClassification` (LoRA is merged in), and
+`polm.models.heads.load_reward_model(path).score(texts)` turns it into a reward function.
 """
 
 from __future__ import annotations
@@ -15,25 +15,24 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
-from torch import nn
 
 from polm.data.collate import pad_collate
 from polm.data.loaders import summarize_skips
 from polm.data.preferences import encode_completion, load_preferences, split_by_prompt
 from polm.errors import PolmError
 from polm.losses import REWARD_MODEL_LOSSES
-from polm.models import LoraConfig, ModelConfig, load_tokenizer, resolve_device, resolve_dtype
-from polm.models.load import resolve_path
-from polm.models.save import save_pretrained_atomic
+from polm.models import LoraConfig, ModelConfig, load_tokenizer, merge_adapter
+from polm.models.heads import attach_score_adapter, load_score_model, sequence_scores
+from polm.models.save import save_final
 from polm.recipes.common import add_config_arguments, config_from_args
 from polm.rundir import check_output_dir, records_sha256, run_directory, write_json
 from polm.train.batches import BatchStream
 from polm.train.config import TrainConfig
 from polm.train.heldout import make_heldout_eval
-from polm.train.loop import StepOutput, train
+from polm.train.loop import StepOutput, seed_everything, train
 from polm.train.plots import plot_metrics
 
 
@@ -78,42 +77,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_score_model(cfg: ModelConfig, pad_token_id: int):
-    """AutoModelForSequenceClassification with one output on top of the LM (the head starts random)."""
-    from transformers import AutoModelForSequenceClassification
-
-    device = resolve_device(cfg.device)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        resolve_path(cfg.name), num_labels=1, dtype=resolve_dtype(cfg.dtype, device),
-        trust_remote_code=cfg.trust_remote_code)
-    model.config.pad_token_id = pad_token_id
-    return model.to(device)
-
-
-def attach_score_adapter(model, cfg: LoraConfig):
-    """LoRA on the LM's linear layers; the new score head is trained in full (modules_to_save)."""
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
-
-    peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, task_type="SEQ_CLS",
-                              target_modules=list(cfg.target_modules), use_rslora=cfg.rslora, use_dora=cfg.dora)
-    return get_peft_model(model, peft_cfg)
-
-
-def sequence_scores(model: nn.Module, batch: dict) -> torch.Tensor:
-    """r = score(h[last real token]) for each right-padded row: [N]. The last token is found from the
-    attention mask, not from pad ids (the pad token is often also the end-of-turn token)."""
-    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
-    body = getattr(base, base.base_model_prefix)
-    hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
-    last = batch["attention_mask"].sum(-1) - 1
-    pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    return base.score(pooled).squeeze(-1).float()
-
-
 def run_rm(cfg: RMConfig) -> dict:
     run_dir = Path(cfg.output_dir)
     check_output_dir(run_dir, resume=cfg.train.resume, overwrite=cfg.overwrite)
+    seed_everything(cfg.train.seed)   # before the score head's and the adapter's random init
     loss_fn = REWARD_MODEL_LOSSES.get(cfg.loss)
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
     train_ex, eval_ex, info = prepare_data(cfg, tokenizer)
@@ -142,7 +109,7 @@ def run_rm(cfg: RMConfig) -> dict:
         result = train(model=model, step_fn=step, batches=batches, cfg=cfg.train, run_dir=run_dir, eval_fn=evaluate)
         final_eval = evaluate() if evaluate else {}
         write_json(run_dir / "eval" / "pairs.json", {"eval_pairs": len(eval_ex), **final_eval})
-        final_dir = save_final(model, tokenizer, cfg, run_dir, final_eval)
+        final_dir = save_final(merge_adapter(model), tokenizer, run_dir, card=model_card(cfg, run_dir, final_eval))
         plot_metrics(run_dir)
     return {"steps": result.steps, "final_loss": result.final_loss, "losses": result.losses, "eval": final_eval,
             "eval_pairs": len(eval_ex), "final_dir": str(final_dir), "run_dir": str(run_dir), "data": info}
@@ -183,56 +150,10 @@ def encode_for_scoring(records: list[dict], tokenizer, max_length: int, chat: bo
     return out, too_long
 
 
-def save_final(model, tokenizer, cfg: RMConfig, run_dir: Path, final_eval: dict) -> Path:
-    """`final/`: a standalone AutoModelForSequenceClassification (a LoRA adapter is merged in first)."""
-    if callable(getattr(model, "merge_and_unload", None)):
-        model = model.merge_and_unload()
+def model_card(cfg: RMConfig, run_dir: Path, final_eval: dict) -> str:
+    """README of `final/`, a standalone AutoModelForSequenceClassification (a LoRA adapter is merged in first)."""
     acc = final_eval.get("accuracy")
-    card = (f"# {run_dir.name}\n\nBradley–Terry reward model on `{cfg.model.name}`, trained by polm on "
+    return (f"# {run_dir.name}\n\nBradley–Terry reward model on `{cfg.model.name}`, trained by polm on "
             f"`{cfg.data.train}`" + (f"; held-out pair accuracy {acc:.3f}" if acc is not None else "") + ".\n\n"
-            "Load: `polm.recipes.reward.load_reward_model(path).score(texts)` or "
+            "Load: `polm.models.heads.load_reward_model(path).score(texts)` or "
             "`transformers.AutoModelForSequenceClassification.from_pretrained(path)`.\n")
-    return save_pretrained_atomic(model, tokenizer, run_dir / "final", card=card, overwrite=True)
-
-
-class RewardModel:
-    """A trained reward model as a reward function: `score(items) -> list[float]`.
-
-    An item is a string (scored as it is) or {'prompt': ..., 'completion': ...}, formatted with the
-    chat template exactly as in training.
-    """
-
-    def __init__(self, model, tokenizer, chat: bool = True, max_length: int = 2048):
-        self.model, self.tokenizer, self.chat, self.max_length = model.eval(), tokenizer, chat, max_length
-
-    def _ids(self, item: Any) -> list[int]:
-        if isinstance(item, str):
-            return self.tokenizer(item, add_special_tokens=False)["input_ids"][:self.max_length]
-        prompt = item["prompt"]
-        turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        return encode_completion(turns, item["completion"], self.tokenizer, self.chat)[0][:self.max_length]
-
-    @torch.no_grad()
-    def score(self, items: list, batch_size: int = 8) -> list[float]:
-        device = next(self.model.parameters()).device
-        out: list[float] = []
-        for start in range(0, len(items), batch_size):
-            seqs = [{"input_ids": ids, "labels": ids} for ids in map(self._ids, items[start:start + batch_size])]
-            batch = pad_collate(seqs, self.tokenizer.pad_token_id)
-            out += sequence_scores(self.model, {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}).tolist()
-        return out
-
-
-def load_reward_model(path: str | Path, device: str = "auto", chat: bool = True) -> RewardModel:
-    """Load a `polm rm` output directory (or any single-output sequence classifier) as a RewardModel."""
-    from transformers import AutoModelForSequenceClassification
-
-    if not (Path(path) / "config.json").is_file():
-        raise PolmError(f"'{path}' is not a reward model directory (no config.json)",
-                        fix="Point to the final/ directory of a `polm rm` run.")
-    tokenizer = load_tokenizer(str(path))
-    model = AutoModelForSequenceClassification.from_pretrained(path).to(resolve_device(device))
-    if model.config.num_labels != 1:
-        raise PolmError(f"'{path}' has {model.config.num_labels} outputs; a reward model has 1",
-                        fix="Train one with `polm rm`.")
-    return RewardModel(model, tokenizer, chat=chat)

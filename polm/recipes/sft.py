@@ -23,14 +23,14 @@ from polm.data.loaders import load_records, summarize_skips
 from polm.data.templating import encode_records
 from polm.errors import PolmError
 from polm.models import LoraConfig, ModelConfig, attach_adapter, load_model, load_tokenizer
-from polm.models.save import save_pretrained_atomic
+from polm.models.save import save_final
 from polm.ops.logprobs import causal_lm_loss
 from polm.recipes.common import add_config_arguments, config_from_args
 from polm.rundir import check_output_dir, records_sha256, run_directory
 from polm.train.batches import BatchStream
 from polm.train.config import TrainConfig
 from polm.train.heldout import make_heldout_eval, with_perplexity
-from polm.train.loop import StepOutput, train
+from polm.train.loop import StepOutput, seed_everything, train
 from polm.train.plots import plot_metrics
 
 
@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
 def run_sft(cfg: SFTConfig) -> dict:
     run_dir = Path(cfg.output_dir)
     check_output_dir(run_dir, resume=cfg.train.resume, overwrite=cfg.overwrite)
+    seed_everything(cfg.train.seed)   # before the adapter's random init
 
     # 1. data: load, validate, template, tokenize — every user mistake surfaces before anything is written
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
@@ -111,7 +112,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     lineage = {"model": cfg.model.name, "data": data_info}
     with run_directory(run_dir, cfg, recipe="sft", overwrite=cfg.overwrite, lineage=lineage):
         result = train(model=model, step_fn=step, batches=batches, cfg=cfg.train, run_dir=run_dir, eval_fn=eval_fn)
-        final_dir = save_final(model, tokenizer, cfg, run_dir)
+        final_dir = save_final(model, tokenizer, run_dir, card=model_card(cfg, run_dir))
         plot_metrics(run_dir)
     return {"steps": result.steps, "final_loss": result.final_loss, "final_dir": str(final_dir), "model": model,
             "run_dir": str(run_dir), "data": data_info}
@@ -144,14 +145,11 @@ def prepare_data(cfg: SFTConfig, tokenizer) -> tuple[list[dict], list[dict], dic
     return examples, eval_examples, info
 
 
-def save_final(model, tokenizer, cfg: SFTConfig, run_dir: Path) -> Path:
-    """`final/`: a PEFT adapter (LoRA/DoRA/QLoRA) or a full model, plus tokenizer and model card."""
+def model_card(cfg: SFTConfig, run_dir: Path) -> str:
+    """README of `final/`: a PEFT adapter (LoRA/DoRA/QLoRA) or a full model, what it was trained on, how to load it."""
     kind = "full model" if cfg.method == "full" else f"{cfg.method.upper()} adapter (r={cfg.lora.r}, alpha={cfg.lora.alpha})"
-    card = (f"# {run_dir.name}\n\nSupervised fine-tune of `{cfg.model.name}` written by polm ({kind}).\n\n"
+    return (f"# {run_dir.name}\n\nSupervised fine-tune of `{cfg.model.name}` written by polm ({kind}).\n\n"
             f"- data: `{cfg.data.train}`\n- steps: {cfg.train.max_steps}, lr {cfg.train.lr}, "
             f"micro-batch {cfg.train.micro_batch_size} x accumulation {cfg.train.grad_accum}\n\n"
             "Load: `peft.AutoPeftModelForCausalLM.from_pretrained(path)` for an adapter, "
             "`transformers.AutoModelForCausalLM.from_pretrained(path)` for a full model, or `polm generate --model path`.\n")
-    if cfg.method == "full" and model.config.use_cache is False:
-        model.config.use_cache = True
-    return save_pretrained_atomic(model, tokenizer, run_dir / "final", card=card, overwrite=True)

@@ -116,6 +116,13 @@ class RewardSet:
             out.append(v)
         return out, bad
 
+    def report_failures(self) -> None:
+        """After a run: one warning naming each reward that failed and how often."""
+        failed = {k: v for k, v in self.failures.items() if v}
+        if failed:
+            print("polm: warning: reward failures during the run (scored 0): "
+                  + ", ".join(f"{k}: {v}" for k, v in failed.items()) + " — see reward/<name>/failures in metrics.jsonl")
+
     def _report(self, name: str, err: Exception) -> None:
         if name not in self._reported:   # once per reward, the count goes to the metrics every step
             self._reported.add(name)

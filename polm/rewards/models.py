@@ -25,8 +25,8 @@ DEFAULT_RUBRIC = "The response answers the request correctly, helpfully and conc
 
 @functools.lru_cache(maxsize=2)
 def _load_reward_model(path: str, device: str):
-    """The `polm rm` loader (polm.recipes.reward), which formats (prompt, response) exactly as in RM training."""
-    from polm.recipes.reward import load_reward_model
+    """The `polm rm` loader (polm.models.heads), which formats (prompt, response) exactly as in RM training."""
+    from polm.models.heads import load_reward_model
 
     return load_reward_model(path, device=device)
 

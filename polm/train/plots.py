@@ -37,7 +37,8 @@ def _save_figure(curves: dict[str, tuple[list[int], list[float]]], ylabel: str, 
 
 
 def plot_metrics(run_dir: Path) -> list[Path]:
-    """Write plots/loss.png (train loss, and eval loss if logged), reward.png for RL runs, lr.png and grad_norm.png."""
+    """Write plots/loss.png (train loss, and eval loss if logged), reward.png for RL runs (`plot_rewards`),
+    lr.png and grad_norm.png."""
     run_dir = Path(run_dir)
     records = read_metrics(run_dir)
     steps, losses = _series(records, "loss")
@@ -51,14 +52,26 @@ def plot_metrics(run_dir: Path) -> list[Path]:
     if eval_steps:
         curves["eval"] = (eval_steps, eval_losses)
     written = [_save_figure(curves, "loss (mean per target token or pair)", f"Loss — {run_dir.name}", out / "loss.png")]
-    rewards = sorted({k for r in records for k in r if k.startswith("reward/") and k.endswith("/mean")})
-    if rewards:      # RL runs: the total reward and each weighted component, per rollout step
-        curves = {("total" if key == "reward/mean" else key[len("reward/"):-len("/mean")]): _series(records, key)
-                  for key in rewards}
-        written.append(_save_figure(curves, "mean reward per sample", f"Reward — {run_dir.name}", out / "reward.png"))
+    reward = plot_rewards(run_dir, records)
+    if reward is not None:
+        written.append(reward)
     for key, label in (("lr", "learning rate"), ("grad_norm", "gradient norm (before clipping)")):
         xs, ys = _series(records, key)
         if xs:
             written.append(_save_figure({key: (xs, ys)}, label, f"{label.capitalize()} — {run_dir.name}",
                                         out / f"{key}.png"))
     return written
+
+
+def plot_rewards(run_dir: Path, records: list[dict] | None = None) -> Path | None:
+    """plots/reward.png of an RL run: the total reward mean (reward/mean) and each reward's mean
+    (reward/<name>/mean) per step; None when the run logged no reward."""
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir) if records is None else records
+    keys = sorted({k for r in records for k in r if k.startswith("reward/") and k.endswith("/mean")})
+    if not keys:
+        return None
+    curves = {("total" if key == "reward/mean" else key[len("reward/"):-len("/mean")]): _series(records, key)
+              for key in keys}
+    (run_dir / "plots").mkdir(parents=True, exist_ok=True)
+    return _save_figure(curves, "mean reward per sample", f"Reward — {run_dir.name}", run_dir / "plots" / "reward.png")

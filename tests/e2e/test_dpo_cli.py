@@ -89,7 +89,7 @@ def test_output_reloads_and_generates_like_the_trained_model(tiny_model_dir, pai
 
     from polm.config import load_config
     from polm.data.preferences import encode_pairs, validate_pair
-    from polm.models.reference import completion_logps
+    from polm.models.frozen import completion_logps
     from polm.recipes.dpo import DPOConfig, run_dpo
 
     cfg = load_config(DPOConfig, None, dpo_args(tiny_model_dir, pair_file, tmp_path / "run")[1:])

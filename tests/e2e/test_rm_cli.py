@@ -32,7 +32,7 @@ def rm_args(model_dir, data, out, *extra) -> list[str]:
 def test_rm_learns_pairs_and_reloads_as_reward_function(method, tiny_model_dir, pair_file, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from polm.recipes.reward import load_reward_model
+    from polm.models.heads import load_reward_model
 
     out = tmp_path / method
     assert main(rm_args(tiny_model_dir, pair_file, out, f"method={method}")) == 0
@@ -54,7 +54,7 @@ def test_rm_learns_pairs_and_reloads_as_reward_function(method, tiny_model_dir, 
 
 
 def test_score_ignores_padding(tiny_model_dir, pair_file, tmp_path):
-    from polm.recipes.reward import load_reward_model
+    from polm.models.heads import load_reward_model
 
     out = tmp_path / "run"
     assert main(rm_args(tiny_model_dir, pair_file, out, "method=full", "train.max_steps=2")) == 0

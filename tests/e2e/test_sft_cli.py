@@ -157,3 +157,16 @@ def test_bad_input_has_no_traceback_in_a_real_process(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "expects float" in proc.stderr
+
+
+def test_the_same_seed_builds_the_same_lora_policy_twice_in_one_process(tiny_model_dir, chat_file, tmp_path):
+    # the recipe seeds before the adapter's random init (lora_A), not only in the loop after it
+    from safetensors.torch import load_file
+
+    adapters = []
+    for run in ("a", "b"):
+        assert main(sft_args(tiny_model_dir, chat_file, tmp_path / run, "train.max_steps=1", "train.seed=3")) == 0
+        adapters.append(load_file(tmp_path / run / "final" / "adapter_model.safetensors"))
+    assert adapters[0].keys() == adapters[1].keys() and any("lora_A" in k for k in adapters[0])
+    for key in adapters[0]:
+        assert torch.equal(adapters[0][key], adapters[1][key]), key
