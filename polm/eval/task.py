@@ -1,21 +1,20 @@
-"""Evaluation tasks: data + a prompt builder + a scorer, registered by name.
+"""The task side of evaluation: settings, the request types a task asks the model, and the Task base.
 
-A task spec is `name`, `name?key=value&...` (task arguments), `arith:<reasoning-gym task>?...`, a
-user plug-in `package.module:factory?...`, or a small YAML file describing a JSONL question set.
+A task never calls the model: `requests` says what to ask (loglikelihoods, rolling loglikelihoods,
+generations) and `score_items` turns the answers into per-item records; the runner does the asking.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from polm.errors import PolmError, closest, did_you_mean
+from polm.errors import PolmError
+from polm.eval.stats import summarize
 from polm.registry import Registry
 
-TASKS = Registry("eval task")
+TASKS = Registry("eval task")    # filled by the task modules' decorators; looked up by polm.eval.registry
 Mode = Literal["zero-shot", "few-shot", "cot", "self-consistency"]
 MODES: tuple[str, ...] = ("zero-shot", "few-shot", "cot", "self-consistency")
 
@@ -32,16 +31,60 @@ class EvalSettings:
     max_new_tokens: int | None = None   # None: the task's own default
 
 
-class Task:
-    """Base class: subclasses load items and say how to prompt and score them.
+# --- requests: what a task asks the model, and what comes back ---------------------------------
 
-    Each item is a dict with at least "id". `evaluate` returns one record per item holding the
-    prompt, the response(s) and `metrics`, a dict of per-item metric values; `aggregate` turns the
-    records into {metric: {value, ci_low, ci_high, n}}.
+@dataclass(frozen=True)
+class LoglikelihoodRequest:
+    """log p(continuation | context) → (Σ_t log p(cont_t | context, cont_<t), is_greedy)."""
+
+    context: str
+    continuation: str
+
+
+@dataclass(frozen=True)
+class RollingLoglikelihoodRequest:
+    """log p(text) token by token from BOS → (Σ_t log p(token_t | tokens_<t), number of tokens)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """`n` completions of an already formatted prompt, each cut at the first stop string → list[str]."""
+
+    prompt: str
+    max_new_tokens: int
+    temperature: float = 0.0
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+
+
+Request = LoglikelihoodRequest | RollingLoglikelihoodRequest | GenerateRequest
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How the model reads prompts: chat template or plain text, and the exact text a prompt becomes."""
+
+    chat: bool
+    format_prompt: Callable[[Any], str]
+
+
+# --- the task base -----------------------------------------------------------------------------
+
+class Task:
+    """Base class: subclasses load items, say what to ask the model and how to score the answers.
+
+    Each item is a dict with at least "id". `requests(items, settings, fmt)` gives one list of
+    requests per item; `score_items(items, requests, responses)` (responses aligned with requests)
+    returns one record per item holding `metrics`, a dict of per-item metric values; `aggregate`
+    turns the records into {metric: {value, ci_low, ci_high, n}}.
     """
 
-    kind: ClassVar[str] = "generate"            # generate | choice | perplexity | code
+    kind: ClassVar[str] = "generate"            # shown in reports: generate | choice | perplexity | code
     primary_metric: ClassVar[str] = "accuracy"
+    paired_metric: ClassVar[str | None] = None  # per-item metric paired comparisons use; None: primary
     higher_is_better: ClassVar[bool] = True
     modes: ClassVar[tuple[str, ...]] = MODES
     stop: tuple[str, ...] = ()
@@ -84,14 +127,16 @@ class Task:
         """Per-category breakdown key in reports (subdomain, generator name...)."""
         return None
 
-    def evaluate(self, model, items: list[dict], settings: EvalSettings) -> list[dict]:
-        from polm.eval.prompting import evaluate_generation
+    def requests(self, items: list[dict], settings: EvalSettings, fmt: PromptFormat) -> list[list[Request]]:
+        """What to ask the model: one list of requests per item."""
+        raise NotImplementedError
 
-        return evaluate_generation(self, model, items, settings)
+    def score_items(self, items: list[dict], requests: list[list[Request]],
+                    responses: list[list[Any]]) -> list[dict]:
+        """One record per item from its requests and their responses; a pure function of its arguments."""
+        raise NotImplementedError
 
     def aggregate(self, records: list[dict], *, seed: int = 0) -> dict[str, dict[str, float]]:
-        from polm.eval.stats import summarize
-
         names = list(records[0]["metrics"]) if records else [self.primary_metric]
         return {m: summarize([r["metrics"][m] for r in records], seed=seed) for m in names}
 
@@ -99,77 +144,3 @@ class Task:
         if mode not in self.modes:
             raise PolmError(f"task '{self.name}' does not support mode '{mode}'",
                             fix=f"Its modes are: {', '.join(self.modes)}.")
-
-
-# --- task specs -------------------------------------------------------------------------------
-
-def split_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """'name?a=1&b=x' → ('name', {'a': 1, 'b': 'x'}); values typed as in builtin: references."""
-    from polm.data.builtin import parse_query
-
-    base, _, query = spec.partition("?")
-    return base, parse_query(query, where=f"task '{spec}'")
-
-
-def get_task(spec: str) -> Task:
-    """Build the task a spec names; unknown names suggest the closest registered one."""
-    _register_builtins()
-    base, args = split_spec(spec)
-    if base.endswith((".yaml", ".yml")):
-        from polm.eval.user_tasks import load_task_yaml
-
-        return load_task_yaml(Path(base), overrides=args)
-    family, sep, sub = base.partition(":")
-    if sep and family in TASKS:        # e.g. arith:chain_sum
-        task = _call_factory(TASKS.get(family), spec, args, sub)
-    elif sep and _looks_like_typo(family):   # 'arth:chain_sum', not a plug-in module path
-        raise PolmError(f"unknown eval task '{base}'", fix=did_you_mean(family, TASKS.names()))
-    else:
-        task = _call_factory(TASKS.get(base), spec, args)
-    if not isinstance(task, Task):
-        raise PolmError(f"'{base}' did not produce a polm eval task (got {type(task).__name__})",
-                        fix="A task plug-in must be a polm.eval.tasks.Task subclass or a function returning one.")
-    task.name = spec
-    return task
-
-
-def _looks_like_typo(family: str) -> bool:
-    import importlib.util
-
-    if "." in family or closest(family, TASKS.names()) is None:
-        return False
-    return importlib.util.find_spec(family) is None
-
-
-def _call_factory(factory: Callable[..., Task], spec: str, args: dict[str, Any], *positional: str) -> Task:
-    params = inspect.signature(factory).parameters
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    valid = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD]
-    for key in args:
-        if not accepts_any and key not in valid[len(positional):]:
-            raise PolmError(f"task '{spec}' has no argument '{key}'",
-                            fix=did_you_mean(key, valid[len(positional):]) if valid[len(positional):]
-                            else "This task takes no arguments.")
-    try:
-        return factory(*positional, **args)
-    except TypeError as err:
-        raise PolmError(f"task '{spec}': {err}", fix="Check the task's arguments.") from None
-
-
-_BUILTINS_LOADED = False
-
-
-def _register_builtins() -> None:
-    """Import the built-in task modules once (they register themselves into TASKS)."""
-    global _BUILTINS_LOADED
-    if not _BUILTINS_LOADED:
-        import polm.eval.builtin_tasks  # noqa: F401
-        import polm.eval.code  # noqa: F401
-        import polm.eval.lmeval  # noqa: F401
-
-        _BUILTINS_LOADED = True
-
-
-def task_names() -> list[str]:
-    _register_builtins()
-    return TASKS.names()
