@@ -66,7 +66,7 @@ def _generate(model, group: list[GenerateRequest]) -> list[Any]:
                           temperature=first.temperature, n=first.n, seed=first.seed, stop=first.stop)
 
 
-ANSWER: dict[type, Callable[[Any, list[Any]], list[Any]]] = {
+_ANSWER: dict[type, Callable[[Any, list[Any]], list[Any]]] = {
     LoglikelihoodRequest: _loglikelihood, RollingLoglikelihoodRequest: _rolling, GenerateRequest: _generate}
 
 
@@ -87,7 +87,7 @@ def answer(model, requests: Sequence[Request]) -> tuple[list[Any], list[float]]:
     seconds = [0.0] * len(requests)
     for key, idx in groups.items():
         start = time.perf_counter()
-        out = ANSWER[key[0]](model, [requests[i] for i in idx])
+        out = _ANSWER[key[0]](model, [requests[i] for i in idx])
         share = (time.perf_counter() - start) / len(idx)
         for i, response in zip(idx, out):
             responses[i], seconds[i] = response, share
