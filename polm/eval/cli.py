@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from polm.errors import PolmError
-from polm.eval.tasks import MODES, EvalSettings
+from polm.eval.task import MODES, EvalSettings
 
 
 @dataclass
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from polm.eval.runner import prepare
 
     if args.list_tasks:
-        from polm.eval.tasks import task_names
+        from polm.eval.registry import task_names
 
         print("\n".join(task_names()))
         return 0

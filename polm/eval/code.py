@@ -8,8 +8,12 @@ the signature in a fenced block and the last ```python block of the reply is run
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from polm.eval.tasks import MODES, TASKS, EvalSettings, Task
+from polm.eval.prompting import select_exemplars
+from polm.eval.stats import pass_at_k
+from polm.eval.task import MODES, TASKS, EvalSettings, GenerateRequest, PromptFormat, Task
+from polm.sandbox import Limits, run_python
 
 PLAIN_CODE_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
 CHAT_INSTRUCTION = "Complete this Python function. Reply with the whole function in one ```python code block."
@@ -59,34 +63,34 @@ class HumanEvalTask(Task):
     def target(self, item: dict) -> str:
         return f"```python\n{item['prompt']}{item['canonical_solution']}```"
 
-    def evaluate(self, model, items: list[dict], settings: EvalSettings) -> list[dict]:
-        from polm.eval.prompting import select_exemplars
-
+    def requests(self, items: list[dict], settings: EvalSettings, fmt: PromptFormat) -> list[list[GenerateRequest]]:
         self.check_mode(settings.mode)
         n = settings.samples if settings.mode == "self-consistency" else self.n
         k = settings.num_fewshot if settings.mode == "few-shot" else 0
         exemplars = select_exemplars(self, items, k, settings.seed)
-        prompts = [self._prompt(model, it, exemplars) for it in items]
-        outputs = model.generate(prompts, formatted=True, n=n, seed=settings.seed,
+        return [[GenerateRequest(self._prompt(fmt, it, exemplars), n=n, seed=settings.seed,
                                  max_new_tokens=settings.max_new_tokens or self.max_new_tokens,
                                  temperature=settings.temperature if n > 1 else 0.0,
-                                 stop=() if model.chat else PLAIN_CODE_STOPS)
-        return [self._score_item(it, p, samples, model.chat) for it, p, samples in zip(items, prompts, outputs)]
+                                 stop=() if fmt.chat else PLAIN_CODE_STOPS)]
+                for it in items]
 
-    def _prompt(self, model, item: dict, exemplars: list[dict]) -> str:
-        if model.chat:
+    def score_items(self, items: list[dict], requests: list[list[Any]], responses: list[list[Any]]) -> list[dict]:
+        """Each sample runs with the problem's tests in the sandbox; pass@k over the item's samples.
+        Chat replies are recognised by their request having no plain-text stops."""
+        return [self._score_item(it, req.prompt, samples, chat=req.stop != PLAIN_CODE_STOPS)
+                for it, [req], [samples] in zip(items, requests, responses)]
+
+    def _prompt(self, fmt: PromptFormat, item: dict, exemplars: list[dict]) -> str:
+        if fmt.chat:
             messages: list[dict] = []
             for ex in exemplars:
                 messages += [{"role": "user", "content": self.question(ex)},
                              {"role": "assistant", "content": self.target(ex)}]
-            return model.format_prompt([*messages, {"role": "user", "content": self.question(item)}])
+            return fmt.format_prompt([*messages, {"role": "user", "content": self.question(item)}])
         shots = "".join(f"{ex['prompt']}{ex['canonical_solution']}\n\n" for ex in exemplars)
-        return model.format_prompt(shots + item["prompt"])
+        return fmt.format_prompt(shots + item["prompt"])
 
     def _score_item(self, item: dict, prompt: str, samples: list[str], chat: bool) -> dict:
-        from polm.eval.stats import pass_at_k
-        from polm.sandbox import Limits, run_python
-
         limits = Limits(timeout_s=self.timeout, memory_mb=self.memory_mb)
         runs = [run_python(build_program(item, s, chat=chat), limits) for s in samples]
         passed = sum(r.passed for r in runs)

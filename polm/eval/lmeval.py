@@ -1,8 +1,9 @@
 """Bridge to lm-evaluation-harness (optional: `pip install lm-eval==0.4.13`).
 
 - `polm eval --task lm-eval:<task>?include=DIR` runs any lm-eval task on a polm model: lm-eval
-  builds the requests, polm's ModelAdapter answers them (`PolmLM`), and the per-document results
-  come back as polm records, so CIs, paired comparisons and reports work as for built-in tasks.
+  builds its instances (prompts, few-shot contexts), they become polm requests that the runner
+  answers together with every other task's, and lm-eval's filters and metrics score the answers into
+  polm records, so CIs, paired comparisons and reports work as for built-in tasks.
 - `export_choice_task` writes a polm multiple-choice task as a local-data lm-eval task (same
   prompts, same choices), for parity checks against lm-eval's own HF backend
   (bench/eval_vs_lmeval.py).
@@ -11,48 +12,47 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from polm.errors import PolmError, require
-from polm.eval.tasks import TASKS, EvalSettings, Task
+from polm.eval.builtin_tasks import LETTERS
+from polm.eval.prompting import build_prompt
+from polm.eval.task import (
+    TASKS,
+    EvalSettings,
+    GenerateRequest,
+    LoglikelihoodRequest,
+    PromptFormat,
+    Request,
+    RollingLoglikelihoodRequest,
+    Task,
+)
 
 
-def polm_lm(adapter):
-    """An lm-eval `LM` whose three request types are served by a polm ModelAdapter."""
-    require("lm_eval", "lmeval", "the lm-evaluation-harness bridge")
-    from lm_eval.api.model import LM
+def polm_request(instance) -> Request:
+    """An lm-eval Instance as the polm request that answers it (generation: `repeats` samples)."""
+    if instance.request_type == "loglikelihood":
+        context, continuation = instance.args
+        return LoglikelihoodRequest(context, continuation)
+    if instance.request_type == "loglikelihood_rolling":
+        return RollingLoglikelihoodRequest(instance.args[0])
+    context, kwargs = instance.args
+    until = kwargs.get("until") or []
+    return GenerateRequest(context, max_new_tokens=int(kwargs.get("max_gen_toks", 256)),
+                           temperature=float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0,
+                           n=instance.repeats or 1, stop=tuple([until] if isinstance(until, str) else until))
 
-    class PolmLM(LM):
-        def __init__(self):
-            super().__init__()
-            self.adapter = adapter
 
-        def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-            return self.adapter.loglikelihood([tuple(r.args) for r in requests])
-
-        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-            return [lp for lp, _ in self.adapter.loglikelihood_rolling([r.args[0] for r in requests])]
-
-        def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-            # Requests with the same generation settings are generated together (batched).
-            out: list[str | None] = [None] * len(requests)
-            groups: dict[str, list[int]] = {}
-            for i, r in enumerate(requests):
-                groups.setdefault(json.dumps(r.args[1], sort_keys=True, default=str), []).append(i)
-            for key, idx in groups.items():
-                kwargs = json.loads(key)
-                until = kwargs.get("until") or []
-                texts = self.adapter.generate([requests[i].args[0] for i in idx], formatted=True,
-                                              stop=[until] if isinstance(until, str) else until,
-                                              max_new_tokens=int(kwargs.get("max_gen_toks", 256)),
-                                              temperature=float(kwargs.get("temperature", 0.0))
-                                              if kwargs.get("do_sample") else 0.0)
-                for i, samples in zip(idx, texts):
-                    out[i] = samples[0]
-            return out  # type: ignore[return-value]
-
-    return PolmLM()
+def lm_eval_responses(instance, response: Any) -> list[Any]:
+    """A polm response in lm-eval's shape: one entry per repeat, (logprob, is_greedy) / logprob / text."""
+    repeats = instance.repeats or 1
+    if instance.request_type == "loglikelihood":
+        return [tuple(response)] * repeats
+    if instance.request_type == "loglikelihood_rolling":
+        return [response[0]] * repeats
+    return list(response)
 
 
 class LMEvalTask(Task):
@@ -69,29 +69,60 @@ class LMEvalTask(Task):
 
         return TaskManager(include_path=self.include) if self.include else TaskManager()
 
-    def load_items(self, limit: int | None = None) -> list[dict]:
+    def _lm_task(self):
         from lm_eval.tasks import get_task_dict
 
         tasks = get_task_dict([self.task], self._task_manager())
         if self.task not in tasks:
             raise PolmError(f"lm-eval has no single task '{self.task}'", fix="Name one task, not a group.")
-        docs = list(tasks[self.task].eval_docs)
-        return [{"id": i} for i in range(len(docs))]
+        return tasks[self.task]
 
-    def evaluate(self, model, items: list[dict], settings: EvalSettings) -> list[dict]:
-        from lm_eval import simple_evaluate
+    def load_items(self, limit: int | None = None) -> list[dict]:
+        task = self._lm_task()
+        self.primary_metric = self.metric or self._metric_names(task.dump_config())[0]  # type: ignore[misc]
+        return [{"id": i} for i in range(len(task.eval_docs))]
 
+    def _instances(self, items: list[dict], num_fewshot: int, seed: int) -> tuple[Any, list[list[Any]]]:
+        """The lm-eval task and, per item, its instances (in lm-eval's order), built as simple_evaluate
+        builds them: a task whose config fixes 0 shots keeps 0."""
+        task = self._lm_task()
+        if task.get_config("num_fewshot") != 0:
+            task.set_config(key="num_fewshot", value=num_fewshot)
+        task.set_fewshot_seed(seed=seed)
+        task.build_all_requests(samples=[it["id"] for it in items], rank=0, world_size=1)
+        by_doc: dict[int, list[Any]] = defaultdict(list)
+        for instance in task.instances:
+            by_doc[instance.doc_id].append(instance)
+        return task, [sorted(by_doc[pos], key=lambda x: x.idx) for pos in range(len(items))]
+
+    def requests(self, items: list[dict], settings: EvalSettings, fmt: PromptFormat) -> list[list[Request]]:
         self.check_mode(settings.mode)
-        out = simple_evaluate(model=polm_lm(model), tasks=[self.task], task_manager=self._task_manager(),
-                              samples={self.task: [it["id"] for it in items]}, log_samples=True,
-                              num_fewshot=settings.num_fewshot if settings.mode == "few-shot" else 0,
-                              fewshot_random_seed=settings.seed, bootstrap_iters=0)
-        samples = sorted(out["samples"][self.task], key=lambda s: s["doc_id"])
-        names = self._metric_names(out["configs"][self.task])
-        self.primary_metric = self.metric or names[0]  # type: ignore[misc]
-        return [{"id": s["doc_id"], "target": str(s.get("target")), "category": None,
-                 "metrics": {m: float(s[m]) for m in names if isinstance(s.get(m), (int, float, bool))}}
-                for s in samples]
+        if not items:
+            return []
+        num_fewshot = settings.num_fewshot if settings.mode == "few-shot" else 0
+        _, per_item = self._instances(items, num_fewshot, settings.seed)
+        return [[polm_request(inst) for inst in insts] for insts in per_item]
+
+    def score_items(self, items: list[dict], requests: list[list[Any]], responses: list[list[Any]]) -> list[dict]:
+        """lm-eval's filters and process_results on the answers. The instances are rebuilt zero-shot:
+        filters and metrics read only the documents and the responses, never the prompts."""
+        if not items:
+            return []
+        task, per_item = self._instances(items, 0, 0)
+        for insts, answers in zip(per_item, responses):
+            for inst, answer in zip(insts, answers):
+                inst.resps = lm_eval_responses(inst, answer)
+        task.apply_filters()
+        names = self._metric_names(task.dump_config())
+        docs = dict(task.doc_iterator(rank=0, world_size=1, samples=[it["id"] for it in items]))
+        records = []
+        for pos, (item, insts) in enumerate(zip(items, per_item)):
+            for key in insts[0].filtered_resps:
+                metrics = task.process_results(docs[pos], [inst.filtered_resps[key] for inst in insts])
+                records.append({"id": item["id"], "target": str(task.doc_to_target(docs[pos])), "category": None,
+                                "metrics": {m: float(metrics[m]) for m in names
+                                            if isinstance(metrics.get(m), (int, float, bool))}})
+        return records
 
     @staticmethod
     def _metric_names(config: dict[str, Any]) -> list[str]:
@@ -109,9 +140,6 @@ def lm_eval_task(task: str, *, include: str | None = None, metric: str | None = 
 def export_choice_task(task: Task, items: list[dict], directory: Path, name: str) -> Path:
     """Write `task`'s multiple-choice items (plain zero-shot prompts, choices " (A)".." (D)") as a
     local-data lm-eval task `name` in `directory`; returns the YAML path."""
-    from polm.eval.builtin_tasks import LETTERS
-    from polm.eval.prompting import build_prompt
-
     directory.mkdir(parents=True, exist_ok=True)
     data = directory / f"{name}.jsonl"
     data.write_text("".join(json.dumps({"context": build_prompt(task, it, [], "zero-shot", chat=False),

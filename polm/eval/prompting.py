@@ -1,5 +1,6 @@
 """Prompting modes for generation tasks: zero-shot, few-shot, zero-shot chain-of-thought and
-self-consistency, in chat-template or plain formatting (chosen per model by the adapter).
+self-consistency, in chat-template or plain formatting (chosen per model by the adapter), and
+`GenerationTask`, the base of tasks that generate an answer and score it.
 
 - few-shot: k exemplars drawn once with a fixed seed from a pool disjoint from the evaluated items
   (questions that also appear among the test items are dropped from the pool).
@@ -14,7 +15,7 @@ import random
 
 from polm.errors import PolmError
 from polm.eval.stats import majority_vote
-from polm.eval.tasks import EvalSettings, Task
+from polm.eval.task import EvalSettings, GenerateRequest, PromptFormat, Task
 
 COT_TRIGGER = "Let's think step by step."
 PLAIN_STOPS = ("\n\nQ:", "\nQ:")   # a plain-text model that starts the next question has finished
@@ -47,25 +48,33 @@ def build_prompt(task: Task, item: dict, exemplars: list[dict], mode: str, chat:
     return f"{shots}Q: {question}\nA:" + (f" {COT_TRIGGER}" if cot else "")
 
 
-def evaluate_generation(task: Task, model, items: list[dict], settings: EvalSettings) -> list[dict]:
-    """Prompt, generate and score every item; self-consistency scores the majority-vote response."""
-    task.check_mode(settings.mode)
-    k = settings.num_fewshot if settings.mode == "few-shot" else 0
-    exemplars = select_exemplars(task, items, k, settings.seed)
-    prompts = [model.format_prompt(build_prompt(task, it, exemplars, settings.mode, model.chat)) for it in items]
-    n = settings.samples if settings.mode == "self-consistency" else 1
-    outputs = model.generate(prompts, formatted=True, max_new_tokens=settings.max_new_tokens or task.max_new_tokens,
-                             temperature=settings.temperature if n > 1 else 0.0, n=n, seed=settings.seed,
-                             stop=task.stop + (() if model.chat else PLAIN_STOPS))
-    records = []
-    for item, prompt, samples in zip(items, prompts, outputs):
-        answers = [task.extract(s) for s in samples]
+class GenerationTask(Task):
+    """A task answered by generation: prompts from `question`/`target` in the settings' mode, one
+    response per item scored by `metrics`; self-consistency scores the majority-vote response."""
+
+    def requests(self, items: list[dict], settings: EvalSettings, fmt: PromptFormat) -> list[list[GenerateRequest]]:
+        self.check_mode(settings.mode)
+        k = settings.num_fewshot if settings.mode == "few-shot" else 0
+        exemplars = select_exemplars(self, items, k, settings.seed)
+        n = settings.samples if settings.mode == "self-consistency" else 1
+        stop = self.stop + (() if fmt.chat else PLAIN_STOPS)
+        return [[GenerateRequest(fmt.format_prompt(build_prompt(self, it, exemplars, settings.mode, fmt.chat)),
+                                 max_new_tokens=settings.max_new_tokens or self.max_new_tokens,
+                                 temperature=settings.temperature if n > 1 else 0.0, n=n, stop=stop,
+                                 seed=settings.seed)]
+                for it in items]
+
+    def score_items(self, items: list[dict], requests: list[list[GenerateRequest]],
+                    responses: list[list[list[str]]]) -> list[dict]:
+        return [self._record(item, req, samples) for item, [req], [samples] in zip(items, requests, responses)]
+
+    def _record(self, item: dict, request: GenerateRequest, samples: list[str]) -> dict:
+        answers = [self.extract(s) for s in samples]
         vote = majority_vote(answers)
         response = samples[answers.index(vote)] if vote is not None else samples[0]
-        record = {"id": item["id"], "prompt": prompt, "response": response, "answer": task.extract(response),
-                  "target": item.get("answer"), "category": task.category(item),
-                  "metrics": task.metrics(response, item)}
-        if n > 1:
+        record = {"id": item["id"], "prompt": request.prompt, "response": response, "answer": self.extract(response),
+                  "target": item.get("answer"), "category": self.category(item),
+                  "metrics": self.metrics(response, item)}
+        if request.n > 1:
             record.update(samples=samples, votes=answers)
-        records.append(record)
-    return records
+        return record

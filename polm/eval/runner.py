@@ -3,20 +3,33 @@
     from polm.eval.runner import evaluate
     result = evaluate("smollm2-135m-instruct", ["gsm8k", "arith:chain_sum"], limit=50, out_dir=Path("runs/ev"))
 
-Recipes call `make_eval_fn(model, tokenizer, tasks, limit)` to evaluate every N steps during training.
+The runner collects every task's requests, asks the model once per group of requests of one type
+and one decoding setting (across all tasks), and hands each task its responses to score. Recipes
+call `make_eval_fn(model, tokenizer, tasks, limit)` to evaluate every N steps during training.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 from typing import Any
 
 from polm.eval.model import ModelAdapter
-from polm.eval.tasks import EvalSettings, Task, get_task
+from polm.eval.registry import get_task
+from polm.eval.stats import paired_difference
+from polm.eval.task import (
+    EvalSettings,
+    GenerateRequest,
+    LoglikelihoodRequest,
+    PromptFormat,
+    Request,
+    RollingLoglikelihoodRequest,
+    Task,
+)
+from polm.rundir import write_json
 
 
 def slug(name: str) -> str:
@@ -37,25 +50,107 @@ def prepare(specs: list[str], settings: EvalSettings, limit: int | None) -> list
     return [(task, task.load_items(limit)[:limit]) for task in build_tasks(specs, settings)]
 
 
-def run_task(task: Task, model: ModelAdapter, settings: EvalSettings, limit: int | None,
-             items: list[dict] | None = None) -> dict[str, Any]:
-    """Evaluate one task; the entry holds metrics (value, CI, n), categories, timing and records."""
-    items = items if items is not None else task.load_items(limit)[:limit]
-    start = time.perf_counter()
-    records = task.evaluate(model, items, settings)
-    seconds = time.perf_counter() - start
-    return {"task": task.name, "model": model.name, "kind": task.kind, "mode": settings.mode,
+# --- answering requests ----------------------------------------------------------------------------
+
+def _loglikelihood(model, group: list[LoglikelihoodRequest]) -> list[Any]:
+    return model.loglikelihood([(r.context, r.continuation) for r in group])
+
+
+def _rolling(model, group: list[RollingLoglikelihoodRequest]) -> list[Any]:
+    return model.loglikelihood_rolling([r.text for r in group])
+
+
+def _generate(model, group: list[GenerateRequest]) -> list[Any]:
+    first = group[0]   # one group shares every setting but the prompt
+    return model.generate([r.prompt for r in group], formatted=True, max_new_tokens=first.max_new_tokens,
+                          temperature=first.temperature, n=first.n, seed=first.seed, stop=first.stop)
+
+
+_ANSWER: dict[type, Callable[[Any, list[Any]], list[Any]]] = {
+    LoglikelihoodRequest: _loglikelihood, RollingLoglikelihoodRequest: _rolling, GenerateRequest: _generate}
+
+
+def _group_key(request: Request) -> tuple:
+    """Requests answered by one model call: same type and, for generation, same decoding settings."""
+    if isinstance(request, GenerateRequest):
+        return (GenerateRequest, *astuple(request)[1:])
+    return (type(request),)
+
+
+def answer(model, requests: Sequence[Request]) -> tuple[list[Any], list[float]]:
+    """Each request's response and its share of model time (a group's seconds split evenly over its
+    requests): one model call per group of `_group_key`, requests in their given order within a group."""
+    groups: dict[tuple, list[int]] = {}
+    for i, request in enumerate(requests):
+        groups.setdefault(_group_key(request), []).append(i)
+    responses: list[Any] = [None] * len(requests)
+    seconds = [0.0] * len(requests)
+    for key, idx in groups.items():
+        start = time.perf_counter()
+        out = _ANSWER[key[0]](model, [requests[i] for i in idx])
+        share = (time.perf_counter() - start) / len(idx)
+        for i, response in zip(idx, out):
+            responses[i], seconds[i] = response, share
+    return responses, seconds
+
+
+@dataclass
+class _Asked:
+    """One task's requests (per item) and where they sit in the run's flat request list."""
+
+    task: Task
+    items: list[dict]
+    requests: list[list[Request]]
+    start: int
+
+    @property
+    def size(self) -> int:
+        return sum(len(r) for r in self.requests)
+
+    def split(self, flat: list[Any]) -> list[list[Any]]:
+        """The slice of a flat list belonging to this task, regrouped per item."""
+        out, at = [], self.start
+        for reqs in self.requests:
+            out.append(flat[at:at + len(reqs)])
+            at += len(reqs)
+        return out
+
+
+def run_tasks(prepared: list[tuple[Task, list[dict]]], model, settings: EvalSettings) -> list[tuple[list[dict], float]]:
+    """Every task's records and seconds: all requests of all tasks answered together (`answer`),
+    then each task scores its own. Seconds = its share of model time + its scoring time."""
+    fmt = PromptFormat(chat=model.chat, format_prompt=model.format_prompt)
+    asked, flat = [], []
+    for task, items in prepared:
+        requests = task.requests(items, settings, fmt)
+        asked.append(_Asked(task, items, requests, len(flat)))
+        flat += [r for reqs in requests for r in reqs]
+    responses, seconds = answer(model, flat)
+    out = []
+    for a in asked:
+        start = time.perf_counter()
+        records = a.task.score_items(a.items, a.requests, a.split(responses))
+        model_seconds = sum(seconds[a.start:a.start + a.size])
+        out.append((records, model_seconds + time.perf_counter() - start))
+    return out
+
+
+def evaluate_task(task: Task, model, items: list[dict], settings: EvalSettings) -> list[dict]:
+    """One task's per-item records on `model` (requests, answers, scores)."""
+    [(records, _)] = run_tasks([(task, items)], model, settings)
+    return records
+
+
+def task_entry(task: Task, model_name: str, settings: EvalSettings, records: list[dict],
+               seconds: float) -> dict[str, Any]:
+    """One task's entry: metrics (value, CI, n), categories, timing and records."""
+    return {"task": task.name, "model": model_name, "kind": task.kind, "mode": settings.mode,
             "primary_metric": task.primary_metric, "higher_is_better": task.higher_is_better,
-            "paired_metric": _paired_metric(task), "n": len(records),
+            "paired_metric": task.paired_metric or task.primary_metric, "n": len(records),
             "metrics": task.aggregate(records, seed=settings.seed),
             "categories": _categories(task, records, settings.seed),
             "seconds": round(seconds, 3), "samples_per_s": round(len(records) / max(seconds, 1e-9), 3),
             "records": records}
-
-
-def _paired_metric(task: Task) -> str:
-    # Perplexity is a corpus ratio; pairs compare the per-document nll per token instead.
-    return "nll_per_token" if task.kind == "perplexity" else task.primary_metric
 
 
 def _categories(task: Task, records: list[dict], seed: int) -> dict[str, dict[str, float]]:
@@ -71,21 +166,19 @@ def evaluate(model: str | ModelAdapter, tasks: list[str], *, limit: int | None =
              mode: str = "zero-shot", settings: EvalSettings | None = None, out_dir: Path | None = None,
              batch_size: int = 8, device: str = "auto", dtype: str = "auto", chat: str = "auto",
              prepared: list[tuple[Task, list[dict]]] | None = None) -> dict[str, Any]:
-    """Evaluate one model on `tasks` (specs, see polm.eval.tasks); returns
+    """Evaluate one model on `tasks` (specs, see polm.eval.registry); returns
     {"model", "settings", "limit", "tasks": {spec: entry}} and, with `out_dir`, writes one JSON per
     task (with per-item records) to out_dir/<task>.json. `prepared` (from `prepare`) skips reloading
     the items when several models are evaluated on the same tasks."""
     settings = settings or EvalSettings(mode=mode)  # type: ignore[arg-type]
     prepared = prepared if prepared is not None else prepare(tasks, settings, limit)
-    adapter = model if isinstance(model, ModelAdapter) else ModelAdapter.load(
-        model, device=device, dtype=dtype, batch_size=batch_size, chat=chat)  # type: ignore[arg-type]
+    adapter = ModelAdapter.load(model, device=device, dtype=dtype, batch_size=batch_size,
+                                chat=chat) if isinstance(model, str) else model  # type: ignore[arg-type]
     result: dict[str, Any] = {"model": adapter.name, "settings": asdict(settings), "limit": limit,
                               "chat": adapter.chat, "tasks": {}}
-    for task, items in prepared:
-        entry = run_task(task, adapter, settings, limit, items)
+    for (task, _), (records, seconds) in zip(prepared, run_tasks(prepared, adapter, settings)):
+        entry = task_entry(task, adapter.name, settings, records, seconds)
         if out_dir is not None:
-            from polm.rundir import write_json
-
             write_json(Path(out_dir) / f"{slug(task.name)}.json", entry)
         result["tasks"][task.name] = entry
     return result
@@ -93,8 +186,6 @@ def evaluate(model: str | ModelAdapter, tasks: list[str], *, limit: int | None =
 
 def compare(a: dict[str, Any], b: dict[str, Any], *, seed: int = 0) -> dict[str, dict[str, Any]]:
     """Paired difference B − A per task on the items both evaluated (matched by item id)."""
-    from polm.eval.stats import paired_difference
-
     out = {}
     for name, entry_a in a["tasks"].items():
         entry_b = b["tasks"].get(name)
@@ -129,9 +220,8 @@ def make_eval_fn(model, tokenizer, tasks: list[str], limit: int | None = 50, *,
         model.eval()
         try:
             out: dict[str, float] = {}
-            for task, items in prepared:
-                entry = run_task(task, adapter, settings, limit, items)
-                for metric, stats in entry["metrics"].items():
+            for (task, _), (records, _) in zip(prepared, run_tasks(prepared, adapter, settings)):
+                for metric, stats in task.aggregate(records, seed=settings.seed).items():
                     out[f"eval/{slug(task.name)}/{metric}"] = stats["value"]
             return out
         finally:

@@ -8,7 +8,8 @@ described either inline (`qa?data=q.jsonl&metric=f1`) or by a small YAML file:
     fewshot: capitals_dev.jsonl   # optional exemplar pool (else: items outside the evaluated subset)
 
 `answer` may be a string or a list of accepted strings. User tasks with code are a `Task` subclass
-(or a function returning one) named as `package.module:attribute`.
+(or a function returning one) named as `package.module:attribute`; tasks answered by generation
+subclass `polm.eval.prompting.GenerationTask`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from polm.errors import PolmError
-from polm.eval.tasks import Task
+from polm.eval.prompting import GenerationTask
+from polm.eval.task import TASKS, Task
 
 
 @dataclass
@@ -38,7 +40,6 @@ class QATaskFile:
 def load_task_yaml(path: Path, overrides: dict[str, Any] | None = None) -> Task:
     """A YAML task file → a QA task; keys and types are checked with file:line in errors."""
     from polm.config import load_config
-    from polm.eval.builtin_tasks import qa
 
     cfg = load_config(QATaskFile, path, [f"{k}={v}" for k, v in (overrides or {}).items()])
     if not cfg.data:
@@ -112,7 +113,7 @@ def short_answer(response: str) -> str:
     return lines[0] if lines else ""
 
 
-class QATask(Task):
+class QATask(GenerationTask):
     """Free-form QA on a user JSONL: exact match and token F1 against the best-matching reference."""
 
     def __init__(self, *, data: str, prompt: str = "{question}", metric: str = "exact_match",
@@ -157,3 +158,18 @@ class QATask(Task):
 
     def category(self, item: dict) -> str | None:
         return item.get("category")
+
+
+def _resolve(path: str, base: Path | None) -> str:
+    return str(base / path) if base is not None and not Path(path).is_absolute() else path
+
+
+@TASKS.register("qa")
+def qa(*, data: str = "", prompt: str = "{question}", metric: str = "exact_match", fewshot: str | None = None,
+       question_field: str = "question", answer_field: str = "answer", base_dir: Path | None = None) -> Task:
+    """qa?data=questions.jsonl&metric=exact_match|f1 — a user question set."""
+    if not data:
+        raise PolmError("task 'qa' needs a data file", fix="Write qa?data=path/to/questions.jsonl.")
+    return QATask(data=_resolve(data, base_dir), prompt=prompt, metric=metric,
+                  fewshot=_resolve(fewshot, base_dir) if fewshot else None,
+                  question_field=question_field, answer_field=answer_field)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from polm.errors import PolmError
-from polm.merge.runner import MergePlan, tensor_parameters
+from polm.merge.plan import MergePlan, tensor_parameters
 from polm.merge.sources import AdapterApplied, open_safetensors
 
 

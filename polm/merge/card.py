@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from polm.config import to_dict
-from polm.merge.runner import Input, MergePlan
+from polm.merge.plan import Input, MergePlan
 from polm.rundir import file_sha256, write_json
 
 

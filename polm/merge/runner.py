@@ -17,13 +17,14 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from polm.errors import PolmError
+from polm.merge.adapters import check_adapter_plan, write_adapter
+from polm.merge.card import model_card, write_lineage
 from polm.merge.checks import (
     TOKENIZER_FILES,
     check_architectures,
@@ -32,37 +33,13 @@ from polm.merge.checks import (
     has_tokenizer,
 )
 from polm.merge.config import MergeConfig
-from polm.merge.methods import MERGE_METHODS, MethodSpec
-from polm.merge.params import layer_index, layer_position, resolve_setting
-from polm.merge.sources import AdapterApplied, Checkpoint, TensorMeta, TensorSource, read_json
+from polm.merge.methods import MERGE_METHODS
+from polm.merge.params import layer_index
+from polm.merge.plan import Input, MergePlan, tensor_parameters
+from polm.merge.sources import AdapterApplied, Checkpoint, TensorMeta, read_json
 from polm.merge.writer import ShardWriter, plan_shards, shard_names
 from polm.models.load import DTYPES, adapter_base
 from polm.rundir import write_json
-
-
-@dataclass
-class Input:
-    ref: str
-    label: str                      # e.g. "models[1] 'runs/sft-wiki/final'", used in every message
-    path: Path
-    kind: str                       # "model" | "adapter"
-    source: TensorSource
-    parameters: dict[str, Any]
-    model_dir: Path                 # where config.json lives (the adapter's base for adapters)
-
-
-@dataclass
-class MergePlan:
-    cfg: MergeConfig
-    spec: MethodSpec
-    fn: Callable[..., torch.Tensor]
-    base: Input | None
-    inputs: list[Input]
-    tensors: list[tuple[str, TensorMeta]]    # output names, shapes, dtypes, in write order
-    num_layers: int
-    output: Path
-    tokenizer_dir: Path
-
 
 # --- planning ------------------------------------------------------------------------------------
 
@@ -137,8 +114,6 @@ def build_plan(cfg: MergeConfig) -> MergePlan:
     plan = MergePlan(cfg, spec, MERGE_METHODS.get(cfg.method), base, inputs, tensors,
                      _num_layers(reference), output, tokenizer_dir)
     if cfg.output_format == "adapter":
-        from polm.merge.adapters import check_adapter_plan
-
         check_adapter_plan(plan)
     return plan
 
@@ -180,32 +155,6 @@ def _num_layers(reference: Input) -> int:
 
 
 # --- per-tensor parameters and merging -----------------------------------------------------------
-
-def _typed(value: Any, default: Any) -> Any:
-    return float(value) if isinstance(default, float) and not isinstance(value, bool) else value
-
-
-def _resolve(chain: list[dict[str, Any]], key: str, name: str, x: float, default: Any) -> Any:
-    for settings in chain:
-        if key in settings:
-            value = resolve_setting(settings[key], name, x)
-            if value is not None:
-                return _typed(value, default)
-    return default
-
-
-def tensor_parameters(plan: MergePlan, name: str) -> dict[str, Any]:
-    """Keyword arguments for the method on tensor `name`: per-input lists and shared scalars.
-
-    Per-model settings win over top-level ones, which win over the method's defaults.
-    """
-    x = layer_position(name, plan.num_layers)
-    shared = plan.cfg.shared_settings()
-    kwargs = {key: [_resolve([inp.parameters, shared], key, name, x, default) for inp in plan.inputs]
-              for key, default in plan.spec.per_input.items()}
-    kwargs.update({key: _resolve([shared], key, name, x, default) for key, default in plan.spec.shared.items()})
-    return kwargs
-
 
 def tensor_seed(seed: int, name: str) -> int:
     """A per-tensor seed from (seed, name): DARE masks do not depend on the order tensors are merged in."""
@@ -302,12 +251,8 @@ def write_model_files(plan: MergePlan, out: Path) -> None:
 
 def execute(plan: MergePlan, progress: Callable[[int, int], None] | None = None) -> Path:
     """Write the merged model directory atomically: weights, config, tokenizer, model card, lineage."""
-    from polm.merge.card import model_card, write_lineage
-
     with atomic_dir(plan.output, plan.cfg.overwrite) as tmp:
         if plan.cfg.output_format == "adapter":
-            from polm.merge.adapters import write_adapter
-
             files = write_adapter(plan, tmp)
         else:
             files = write_weights(plan, tmp, progress)

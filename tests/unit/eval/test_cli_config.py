@@ -10,7 +10,7 @@ import pytest
 from polm.config import load_config
 from polm.errors import PolmError
 from polm.eval import cli
-from polm.eval.tasks import get_task
+from polm.eval.registry import get_task
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 

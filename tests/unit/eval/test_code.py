@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from polm.eval.code import HumanEvalTask, build_program, extract_code
-from polm.eval.tasks import EvalSettings
+from polm.eval.runner import evaluate_task
+from polm.eval.task import EvalSettings
 from polm.sandbox import run_python
 
 
@@ -48,8 +49,8 @@ class ScriptedCoder:
 def test_pass_at_k_from_ten_samples(problems):
     item = problems[2]
     samples = [item["canonical_solution"]] * 3 + ["    return number\n"] * 7
-    [record] = HumanEvalTask().evaluate(ScriptedCoder(samples), [item],
-                                        EvalSettings(mode="self-consistency", samples=10))
+    [record] = evaluate_task(HumanEvalTask(), ScriptedCoder(samples), [item],
+                             EvalSettings(mode="self-consistency", samples=10))
     assert record["status"].count("passed") == 3
     # n = 10, c = 3: pass@1 = 3/10; pass@5 = 1 - C(7,5)/C(10,5) = 1 - 21/252; pass@10 = 1
     assert record["metrics"] == pytest.approx({"pass@1": 0.3, "pass@5": 1 - 21 / 252, "pass@10": 1.0})
@@ -65,7 +66,7 @@ def test_fewshot_exemplars_are_other_problems(problems):
             return [[""] for _ in prompts]
 
     items = problems[:4]
-    task.evaluate(Capture([""]), items, EvalSettings(mode="few-shot", num_fewshot=2))
+    evaluate_task(task, Capture([""]), items, EvalSettings(mode="few-shot", num_fewshot=2))
     for item, prompt in zip(items, seen["prompts"]):
         assert prompt.endswith(item["prompt"])
         shots = prompt[:-len(item["prompt"])]

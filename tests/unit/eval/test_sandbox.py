@@ -11,7 +11,8 @@ import time
 import pytest
 
 from polm.eval.code import HumanEvalTask
-from polm.eval.tasks import EvalSettings
+from polm.eval.runner import evaluate_task
+from polm.eval.task import EvalSettings
 from polm.sandbox import Limits, run_python
 
 
@@ -123,6 +124,6 @@ def test_hostile_humaneval_completions_score_zero_without_side_effects(tmp_path)
         "    while True:\n        pass\n",
     ]
     settings = EvalSettings(mode="self-consistency", samples=len(hostile))
-    [record] = task.evaluate(ScriptedCoder(hostile), [item], settings)
+    [record] = evaluate_task(task, ScriptedCoder(hostile), [item], settings)
     assert record["metrics"]["pass@1"] == 0.0 and record["metrics"][f"pass@{len(hostile)}"] == 0.0
     assert record["status"][-1] == "timeout" and not marker.exists()

@@ -11,7 +11,8 @@ from merge_models import load_weights, merged_with_peft, save_adapter, save_llam
 
 from polm.errors import PolmError
 from polm.merge.config import MergeConfig, load_merge_config
-from polm.merge.runner import build_plan, merge_one, run_merge, tensor_parameters
+from polm.merge.plan import tensor_parameters
+from polm.merge.runner import build_plan, merge_one, run_merge
 from polm.rundir import file_sha256
 
 
