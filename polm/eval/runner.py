@@ -84,9 +84,9 @@ def evaluate(model: str | ModelAdapter, tasks: list[str], *, limit: int | None =
     for task, items in prepared:
         entry = run_task(task, adapter, settings, limit, items)
         if out_dir is not None:
-            from polm.rundir import write_json
+            from polm.io import atomic_write_json
 
-            write_json(Path(out_dir) / f"{slug(task.name)}.json", entry)
+            atomic_write_json(Path(out_dir) / f"{slug(task.name)}.json", entry)
         result["tasks"][task.name] = entry
     return result
 

@@ -28,6 +28,7 @@ from polm.advantages import ADVANTAGES
 from polm.data.loaders import load_records
 from polm.data.templating import format_prompt, prompt_of
 from polm.errors import PolmError
+from polm.io import atomic_write_json, records_sha256
 from polm.losses.kl import KL_ESTIMATORS
 from polm.losses.policy import POLICY_LOSSES
 from polm.models import LoraConfig, ModelConfig, attach_adapter, load_model, load_tokenizer
@@ -37,7 +38,7 @@ from polm.rewards import RewardSet
 from polm.rollout import SamplingConfig, build_generator
 from polm.rollout.batch import collate_rollout, policy_forward
 from polm.rollout.stream import RolloutStream, check_rollout_shape
-from polm.rundir import check_output_dir, records_sha256, run_directory, write_json
+from polm.rundir import check_output_dir, run_directory
 from polm.train.config import TrainConfig
 from polm.train.loop import StepOutput, train
 from polm.train.plots import plot_metrics
@@ -180,7 +181,7 @@ def run_grpo(cfg: GRPOConfig) -> dict:
         timing = {"generation_s": stream.session_generation_s,
                   "training_s": result.elapsed_s - stream.session_generation_s,
                   "reward_failures": dict(rewards.failures)}
-        write_json(run_dir / "timing.json", timing)
+        atomic_write_json(run_dir / "timing.json", timing)
         final_dir = save_final(model, tokenizer, cfg, run_dir)
         plot_metrics(run_dir)
         plot_rewards(run_dir)

@@ -24,6 +24,7 @@ from torch import nn
 
 from polm.advantages import gae_advantages
 from polm.errors import PolmError
+from polm.io import atomic_write_json
 from polm.losses.policy import POLICY_LOSSES, clipped_value_loss
 from polm.models import LoraConfig, ModelConfig, attach_adapter, load_model, load_tokenizer
 from polm.ops import masked_mean
@@ -42,7 +43,7 @@ from polm.rewards import RewardSet
 from polm.rollout import build_generator
 from polm.rollout.batch import collate_rollout, policy_forward
 from polm.rollout.stream import RolloutStream
-from polm.rundir import check_output_dir, run_directory, write_json
+from polm.rundir import check_output_dir, run_directory
 from polm.train.config import TrainConfig
 from polm.train.loop import StepOutput, train
 from polm.train.plots import plot_metrics
@@ -149,9 +150,9 @@ def run_ppo(cfg: PPOConfig) -> dict:
     with run_directory(run_dir, cfg, recipe="ppo", overwrite=cfg.overwrite,
                        lineage={"model": cfg.model.name, "data": data_info}):
         result = train(model=model, step_fn=step, batches=stream, cfg=cfg.train, run_dir=run_dir, params=params)
-        write_json(run_dir / "timing.json", {"generation_s": stream.session_generation_s,
-                                             "training_s": result.elapsed_s - stream.session_generation_s,
-                                             "reward_failures": dict(rewards.failures)})
+        atomic_write_json(run_dir / "timing.json", {"generation_s": stream.session_generation_s,
+                                                    "training_s": result.elapsed_s - stream.session_generation_s,
+                                                    "reward_failures": dict(rewards.failures)})
         final_dir = save_final(model, tokenizer, cfg, run_dir, recipe="PPO")
         save_value_head(head, final_dir)
         plot_metrics(run_dir)
