@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -130,8 +131,6 @@ def test_the_old_checkpoint_is_deleted_only_after_the_new_one_is_complete(tmp_pa
 
 
 def test_re_saving_a_step_swaps_in_the_new_copy_and_leaves_no_hidden_dirs(tmp_path):
-    import json
-
     state = make_state()
     save_checkpoint(tmp_path, 3, state, {"note": "first"}, keep=0)
     save_checkpoint(tmp_path, 3, state, {"note": "second"}, keep=0)
