@@ -110,8 +110,8 @@ def pair_by_score(samples: list[str], scores: list[float], k: int, rng: random.R
 
 
 def onpolicy_pairs(records: list[dict], args) -> tuple[list[dict], dict]:
-    from polm.data.builtin import score_response
     from polm.generate import GenerationSettings, generate, load_for_inference
+    from polm.verify import score_response
 
     model, tokenizer = load_for_inference(args.model)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
