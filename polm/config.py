@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 import yaml
 
 from polm.errors import PolmError, closest
+from polm.io import atomic_write_text
 
 T = TypeVar("T")
 
@@ -39,9 +40,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def dump_config(cfg: Any, path: Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def field_names(cls: type) -> list[str]:

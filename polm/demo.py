@@ -22,9 +22,10 @@ from rich.console import Console
 from rich.table import Table
 
 from polm.errors import PolmError
+from polm.io import atomic_write_json
 from polm.recipes.common import add_config_arguments, config_from_args
 from polm.recipes.sft import SFTConfig, run_sft
-from polm.rundir import check_output_dir, write_json
+from polm.rundir import check_output_dir
 
 
 @dataclass
@@ -86,7 +87,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     gains = compare(before, after)
     summary = {"before": without_records(before), "after": without_records(after), "gain": gains,
                "sft": {k: v for k, v in sft.items() if k != "model"}, "timings": timings}
-    write_json(run_dir / "demo.json", summary)
+    atomic_write_json(run_dir / "demo.json", summary)
     print_table(before, after, gains, timings)
     return summary
 

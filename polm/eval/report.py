@@ -17,6 +17,7 @@ from typing import Any
 
 from polm.errors import PolmError
 from polm.eval.runner import slug
+from polm.io import atomic_file, atomic_write_text
 
 
 @dataclass
@@ -74,11 +75,9 @@ def _figure(width: float = 7, height: float = 4):
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 
@@ -160,11 +159,7 @@ def build_report(run_dirs: list[Path], out: Path) -> Path:
     judgements = [j for run in runs for j in run.judgements]
     if judgements:
         body.append(_judge_section(judgements))
-    path = out / "report.html"
-    tmp = path.with_name(".report.html.tmp")
-    tmp.write_text(_PAGE.format(body="\n".join(b for b in body if b)), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(out / "report.html", _PAGE.format(body="\n".join(b for b in body if b)))
 
 
 def _training_section(run: RunData, out: Path) -> str:

@@ -29,7 +29,7 @@ from polm.eval.task import (
     RollingLoglikelihoodRequest,
     Task,
 )
-from polm.rundir import write_json
+from polm.io import atomic_write_json
 
 
 def slug(name: str) -> str:
@@ -179,7 +179,7 @@ def evaluate(model: str | ModelAdapter, tasks: list[str], *, limit: int | None =
     for (task, _), (records, seconds) in zip(prepared, run_tasks(prepared, adapter, settings)):
         entry = task_entry(task, adapter.name, settings, records, seconds)
         if out_dir is not None:
-            write_json(Path(out_dir) / f"{slug(task.name)}.json", entry)
+            atomic_write_json(Path(out_dir) / f"{slug(task.name)}.json", entry)
         result["tasks"][task.name] = entry
     return result
 

@@ -11,8 +11,8 @@ from typing import Any
 import yaml
 
 from polm.config import to_dict
+from polm.io import atomic_write_json, file_sha256
 from polm.merge.plan import Input, MergePlan
-from polm.rundir import file_sha256, write_json
 
 
 def _settings_text(settings: dict[str, Any]) -> str:
@@ -68,5 +68,5 @@ def write_lineage(plan: MergePlan, out: Path, weight_files: list[Path]) -> None:
         "models": [_input_record(inp, hashes) for inp in plan.inputs],
         "output": {f.name: file_sha256(f) for f in weight_files},
     }
-    write_json(out / "lineage.json", record)
+    atomic_write_json(out / "lineage.json", record)
     (out / "merge_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

@@ -14,15 +14,14 @@ import hashlib
 import os
 import re
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from polm.errors import PolmError
+from polm.io import atomic_dir, atomic_write_json
 from polm.merge.adapters import check_adapter_plan, write_adapter
 from polm.merge.card import model_card, write_lineage
 from polm.merge.checks import (
@@ -39,7 +38,6 @@ from polm.merge.plan import Input, MergePlan, tensor_parameters
 from polm.merge.sources import AdapterApplied, Checkpoint, TensorMeta, read_json
 from polm.merge.writer import ShardWriter, plan_shards, shard_names
 from polm.models.load import DTYPES, adapter_base
-from polm.rundir import write_json
 
 # --- planning ------------------------------------------------------------------------------------
 
@@ -186,31 +184,6 @@ def _copy_identical(name: str, tensors: list[torch.Tensor]) -> torch.Tensor:
 
 # --- writing -------------------------------------------------------------------------------------
 
-@contextmanager
-def atomic_dir(output: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temp dir beside `output`; on success it replaces `output`, on failure it and any parents made vanish."""
-    made = [p for p in [output.parent, *output.parent.parents] if not p.exists()]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-"))
-    try:
-        yield tmp
-        if output.exists():
-            if not overwrite:
-                raise PolmError(f"output '{output}' appeared while merging", where="output")
-            old = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.old-"))
-            os.replace(output, old / "x")
-            os.replace(tmp, output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for parent in made:                       # innermost first
-            if parent.exists() and not any(parent.iterdir()):
-                parent.rmdir()
-        raise
-
-
 def write_weights(plan: MergePlan, out: Path, progress: Callable[[int, int], None] | None = None) -> list[Path]:
     """Merge every tensor in order and stream it into its shard; returns the shard files."""
     shards = plan_shards(plan.tensors, plan.cfg.shard_bytes())
@@ -226,7 +199,7 @@ def write_weights(plan: MergePlan, out: Path, progress: Callable[[int, int], Non
     if len(files) > 1:
         weight_map = {name: file.name for file, entries in zip(files, shards) for name, _ in entries}
         total = sum(meta.nbytes for _, meta in plan.tensors)
-        write_json(out / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+        atomic_write_json(out / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
     return files
 
 
@@ -244,14 +217,14 @@ def write_model_files(plan: MergePlan, out: Path) -> None:
     if plan.cfg.dtype != "auto":
         name = str(DTYPES[plan.cfg.dtype]).removeprefix("torch.")
         config.update({key: name for key in ("dtype", "torch_dtype") if key in config or key == "dtype"})
-    write_json(out / "config.json", config)
+    atomic_write_json(out / "config.json", config)
     if (reference.model_dir / "generation_config.json").is_file():
         shutil.copyfile(reference.model_dir / "generation_config.json", out / "generation_config.json")
 
 
 def execute(plan: MergePlan, progress: Callable[[int, int], None] | None = None) -> Path:
     """Write the merged model directory atomically: weights, config, tokenizer, model card, lineage."""
-    with atomic_dir(plan.output, plan.cfg.overwrite) as tmp:
+    with atomic_dir(plan.output, overwrite=plan.cfg.overwrite) as tmp:
         if plan.cfg.output_format == "adapter":
             files = write_adapter(plan, tmp)
         else:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from polm.errors import PolmError
+from polm.io import atomic_file
 from polm.ops import IGNORE_INDEX, causal_targets, model_logprobs
 
 MODEL_KEYS = ("input_ids", "attention_mask", "position_ids")
@@ -157,8 +158,6 @@ def cached_outputs(key: str, cache_dir: Path, compute: Callable[[], dict[str, to
     if path.is_file():
         return load_file(path), True
     values = {name: t.detach().cpu().contiguous() for name, t in compute().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(values, str(tmp))
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        save_file(values, str(tmp))
     return values, False

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from polm.io import atomic_dir
 
 
 def save_pretrained_atomic(model, tokenizer, out: Path, *, card: str | None = None, overwrite: bool = False,
                            extra_files: dict[str, bytes | str] | None = None) -> Path:
     """`save_pretrained` model (or PEFT adapter) + tokenizer + README (+ `extra_files`) into `out`, all or nothing."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -23,15 +19,7 @@ def save_pretrained_atomic(model, tokenizer, out: Path, *, card: str | None = No
         for name, content in (extra_files or {}).items():
             target = tmp / name
             target.write_bytes(content) if isinstance(content, bytes) else target.write_text(content)
-        if out.exists():
-            if not overwrite and any(out.iterdir()):
-                raise FileExistsError(out)
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)
 
 
 def save_final(model, tokenizer, run_dir: Path, *, card: str, extra_files: dict[str, bytes | str] | None = None) -> Path:

@@ -27,13 +27,14 @@ from polm.data.collate import pack_collate, pad_collate
 from polm.data.loaders import summarize_skips
 from polm.data.preferences import encode_pairs, encode_unpaired, load_preferences, mismatched, split_by_prompt
 from polm.errors import PolmError
+from polm.io import records_sha256
 from polm.losses import PREFERENCE_LOSSES, PairLogps, UnpairedLogps
 from polm.models import LoraConfig, ModelConfig, attach_adapter, load_model, load_tokenizer
 from polm.models.frozen import FrozenModel, cached_outputs, completion_logps
 from polm.models.load import resolve_path
 from polm.models.save import save_final
 from polm.recipes.common import add_config_arguments, config_from_args
-from polm.rundir import check_output_dir, records_sha256, run_directory
+from polm.rundir import check_output_dir, run_directory
 from polm.train.batches import BatchStream
 from polm.train.config import TrainConfig
 from polm.train.heldout import make_heldout_eval

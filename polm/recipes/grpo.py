@@ -24,6 +24,7 @@ import torch
 
 from polm.advantages import ADVANTAGES
 from polm.errors import PolmError
+from polm.io import atomic_write_json
 from polm.losses.kl import KL_ESTIMATORS
 from polm.losses.policy import POLICY_LOSSES
 from polm.models import LoraConfig, ModelConfig, attach_adapter, load_model, load_tokenizer
@@ -36,7 +37,7 @@ from polm.rollout.prompts import prepare_prompts
 from polm.rollout.reference import add_reference_logprobs, rl_reference
 from polm.rollout.settings import PromptData, RolloutSettings
 from polm.rollout.stream import RolloutStream
-from polm.rundir import check_output_dir, run_directory, write_json
+from polm.rundir import check_output_dir, run_directory
 from polm.train.config import TrainConfig
 from polm.train.loop import StepOutput, seed_everything, train
 from polm.train.plots import plot_metrics
@@ -151,7 +152,7 @@ def run_grpo(cfg: GRPOConfig) -> dict:
         timing = {"generation_s": stream.session_generation_s,
                   "training_s": result.elapsed_s - stream.session_generation_s,
                   "reward_failures": dict(rewards.failures)}
-        write_json(run_dir / "timing.json", timing)
+        atomic_write_json(run_dir / "timing.json", timing)
         final_dir = save_final(model, tokenizer, run_dir, card=model_card(cfg, run_dir))
         plot_metrics(run_dir)   # loss.png, reward.png (total and each reward), lr.png, grad_norm.png
     rewards.report_failures()

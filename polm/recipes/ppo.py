@@ -23,6 +23,7 @@ import torch
 
 from polm.advantages import gae_advantages
 from polm.errors import PolmError
+from polm.io import atomic_write_json
 from polm.losses.policy import POLICY_LOSSES, clipped_value_loss
 from polm.models import LoraConfig, ModelConfig, attach_adapter, load_model, load_tokenizer
 from polm.models.heads import VALUE_HEAD_FILE, ValueHead, value_head_bytes
@@ -36,7 +37,7 @@ from polm.rollout.prompts import prepare_prompts
 from polm.rollout.reference import add_reference_logprobs, rl_reference
 from polm.rollout.settings import PromptData, RolloutSettings
 from polm.rollout.stream import RolloutStream
-from polm.rundir import check_output_dir, run_directory, write_json
+from polm.rundir import check_output_dir, run_directory
 from polm.train.config import TrainConfig
 from polm.train.loop import StepOutput, seed_everything, train
 from polm.train.plots import plot_metrics
@@ -131,7 +132,7 @@ def run_ppo(cfg: PPOConfig) -> dict:
     with run_directory(run_dir, cfg, recipe="ppo", overwrite=cfg.overwrite,
                        lineage={"model": cfg.model.name, "data": data_info}):
         result = train(model=model, step_fn=step, batches=stream, cfg=cfg.train, run_dir=run_dir, params=params)
-        write_json(run_dir / "timing.json", {"generation_s": stream.session_generation_s,
+        atomic_write_json(run_dir / "timing.json", {"generation_s": stream.session_generation_s,
                                              "training_s": result.elapsed_s - stream.session_generation_s,
                                              "reward_failures": dict(rewards.failures)})
         final_dir = save_final(model, tokenizer, run_dir, card=model_card(cfg, run_dir),

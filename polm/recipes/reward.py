@@ -23,12 +23,13 @@ from polm.data.collate import pad_collate
 from polm.data.loaders import summarize_skips
 from polm.data.preferences import encode_completion, load_preferences, split_by_prompt
 from polm.errors import PolmError
+from polm.io import atomic_write_json, records_sha256
 from polm.losses import REWARD_MODEL_LOSSES
 from polm.models import LoraConfig, ModelConfig, load_tokenizer, merge_adapter
 from polm.models.heads import attach_score_adapter, load_score_model, sequence_scores
 from polm.models.save import save_final
 from polm.recipes.common import add_config_arguments, config_from_args
-from polm.rundir import check_output_dir, records_sha256, run_directory, write_json
+from polm.rundir import check_output_dir, run_directory
 from polm.train.batches import BatchStream
 from polm.train.config import TrainConfig
 from polm.train.heldout import make_heldout_eval
@@ -108,7 +109,7 @@ def run_rm(cfg: RMConfig) -> dict:
     with run_directory(run_dir, cfg, recipe="rm", overwrite=cfg.overwrite, lineage={"model": cfg.model.name, "data": info}):
         result = train(model=model, step_fn=step, batches=batches, cfg=cfg.train, run_dir=run_dir, eval_fn=evaluate)
         final_eval = evaluate() if evaluate else {}
-        write_json(run_dir / "eval" / "pairs.json", {"eval_pairs": len(eval_ex), **final_eval})
+        atomic_write_json(run_dir / "eval" / "pairs.json", {"eval_pairs": len(eval_ex), **final_eval})
         final_dir = save_final(merge_adapter(model), tokenizer, run_dir, card=model_card(cfg, run_dir, final_eval))
         plot_metrics(run_dir)
     return {"steps": result.steps, "final_loss": result.final_loss, "losses": result.losses, "eval": final_eval,

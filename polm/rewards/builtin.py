@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from polm.data.builtin import score_response
 from polm.rewards import reward
+from polm.verify import score_response
 
 
 @reward("math_answer", requires=("answer",))

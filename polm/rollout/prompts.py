@@ -6,9 +6,9 @@ from __future__ import annotations
 from polm.data.loaders import load_records
 from polm.data.templating import format_prompt, prompt_of
 from polm.errors import PolmError
+from polm.io import records_sha256
 from polm.rewards import RewardSet
 from polm.rollout.settings import PromptData
-from polm.rundir import records_sha256
 
 
 def prepare_prompts(data: PromptData, tokenizer, rewards: RewardSet, recipe: str = "grpo") -> tuple[list[dict], dict]:

@@ -9,11 +9,9 @@ renamed into place, so a `step-N` directory is always complete; leftover temp di
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +21,10 @@ import torch
 from torch import nn
 
 from polm.errors import PolmError
+from polm.io import atomic_dir
 from polm.train.batches import BatchStream
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-_TMP_PREFIX = ".tmp-"
 
 
 @dataclass
@@ -107,27 +105,20 @@ def save_checkpoint(run_dir: Path, step: int, state: TrainState, extra: dict[str
     """Write `checkpoints/step-{step}` atomically, then keep only the newest `keep` (all if keep <= 0)."""
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}step-{step}-", dir=root))
-    try:
-        _write_files(tmp, step, state, extra)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     final = checkpoint_path(run_dir, step)
-    if final.exists():  # a re-run of the same step: move the old copy aside, then swap
-        stale = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}old-", dir=root))
-        os.replace(final, stale / final.name)
-        os.replace(tmp, final)
-        shutil.rmtree(stale, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    with atomic_dir(final, overwrite=True) as tmp:  # a re-run of the same step swaps the old copy out
+        _write_files(tmp, step, state, extra)
     _prune(root, run_dir, keep)
     return final
 
 
 def _prune(root: Path, run_dir: Path, keep: int) -> None:
-    """Drop checkpoints beyond the newest `keep` and temp dirs left by interrupted saves."""
-    for leftover in root.glob(f"{_TMP_PREFIX}*"):
+    """Drop checkpoints beyond the newest `keep` and temp dirs left by interrupted saves.
+
+    Only polm writes into `checkpoints/`, so every hidden entry is such a leftover (polm.io's
+    `.step-N.tmp-*` and `.step-N.old-*`, and the `.tmp-*` of earlier polm versions).
+    """
+    for leftover in root.glob(".*"):
         shutil.rmtree(leftover, ignore_errors=True)
     if keep > 0:
         for old in list_checkpoints(run_dir)[:-keep]:

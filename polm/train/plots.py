@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from polm.errors import PolmError
+from polm.io import atomic_file
 from polm.train.metrics import METRICS_FILE, read_metrics
 
 
@@ -30,9 +30,8 @@ def _save_figure(curves: dict[str, tuple[list[int], list[float]]], ylabel: str, 
     if len(curves) > 1:
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 

@@ -94,7 +94,7 @@ def test_first_resolution_converts_into_a_sha_named_directory(fake_model, conver
 def test_later_resolutions_neither_convert_nor_rehash(fake_model, converter, monkeypatch):
     first = assets.resolve_model("fake-model")
     hashed: list[Path] = []
-    monkeypatch.setattr(assets, "_hash_file", lambda p: hashed.append(p) or "never used")
+    monkeypatch.setattr(assets, "file_sha256", lambda p: hashed.append(p) or "never used")
     assert assets.resolve_model("fake-model") == first
     assert len(converter) == 1 and hashed == []
 
@@ -150,13 +150,13 @@ def test_stale_temp_dirs_are_cleaned_but_live_ones_kept(fake_model, converter, h
 def test_sha256_cache_is_keyed_by_path_size_and_mtime(tmp_path, home):
     data = tmp_path / "blob.bin"
     data.write_bytes(b"x" * 1000)
-    assert assets.file_sha256(data) == hashlib.sha256(b"x" * 1000).hexdigest()
+    assert assets.cached_sha256(data) == hashlib.sha256(b"x" * 1000).hexdigest()
     cache = json.loads((home / "sha256.json").read_text())
     (key,) = cache
     stat = data.stat()
     assert key == f"{data.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
     (home / "sha256.json").write_text("{torn")  # a crash mid-write must not break resolution
-    assert assets.file_sha256(data) == hashlib.sha256(b"x" * 1000).hexdigest()
+    assert assets.cached_sha256(data) == hashlib.sha256(b"x" * 1000).hexdigest()
 
 
 def test_missing_packages_give_the_exact_pip_command(monkeypatch):

@@ -186,15 +186,15 @@ def test_onpolicy_pairs_need_a_verified_chosen_unless_asked(monkeypatch):
     """Chosen = a sample scoring >= --min-chosen-score (1.0: verified correct), rejected = a lower-scored one."""
     import argparse
 
-    import polm.data.builtin
     import polm.generate
+    import polm.verify
     from polm.data.cli import onpolicy_pairs
 
     samples = {"p1": ["right", "wrong", "wrong"], "p2": ["closer", "wrong", "wrong"], "p3": ["wrong"] * 3}
     scores = {"right": 1.0, "closer": 0.5, "wrong": 0.0}
     monkeypatch.setattr(polm.generate, "load_for_inference", lambda name: (None, None))
     monkeypatch.setattr(polm.generate, "generate", lambda m, t, prompts, s: [samples[p] for p in prompts])
-    monkeypatch.setattr(polm.data.builtin, "score_response", lambda text, record: scores[text])
+    monkeypatch.setattr(polm.verify, "score_response", lambda text, record: scores[text])
     records = [{"prompt": p, "answer": "x"} for p in samples]
     args = argparse.Namespace(model="m", data="d", max_new_tokens=8, temperature=0.8, num_samples=3, batch_size=4,
                               seed=0, pairs_per_prompt=1, min_chosen_score=1.0)

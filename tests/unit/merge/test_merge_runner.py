@@ -10,10 +10,10 @@ import torch
 from merge_models import load_weights, merged_with_peft, save_adapter, save_llama
 
 from polm.errors import PolmError
+from polm.io import file_sha256
 from polm.merge.config import MergeConfig, load_merge_config
 from polm.merge.plan import tensor_parameters
 from polm.merge.runner import build_plan, merge_one, run_merge
-from polm.rundir import file_sha256
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -127,3 +128,12 @@ def test_the_old_checkpoint_is_deleted_only_after_the_new_one_is_complete(tmp_pa
     save_checkpoint(tmp_path, 4, state, {}, keep=1)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-4"]
     assert ckpt.checkpoint_path(tmp_path, 4) == tmp_path / "checkpoints" / "step-4"
+
+
+def test_re_saving_a_step_swaps_in_the_new_copy_and_leaves_no_hidden_dirs(tmp_path):
+    state = make_state()
+    save_checkpoint(tmp_path, 3, state, {"note": "first"}, keep=0)
+    save_checkpoint(tmp_path, 3, state, {"note": "second"}, keep=0)
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step-3"]
+    assert json.loads((root / "step-3" / "state.json").read_text())["note"] == "second"
