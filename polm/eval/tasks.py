@@ -6,14 +6,13 @@ user plug-in `package.module:factory?...`, or a small YAML file describing a JSO
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from polm.errors import PolmError, closest, did_you_mean
-from polm.registry import Registry
+from polm.registry import Registry, check_options
 
 TASKS = Registry("eval task")
 Mode = Literal["zero-shot", "few-shot", "cot", "self-consistency"]
@@ -142,14 +141,7 @@ def _looks_like_typo(family: str) -> bool:
 
 
 def _call_factory(factory: Callable[..., Task], spec: str, args: dict[str, Any], *positional: str) -> Task:
-    params = inspect.signature(factory).parameters
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    valid = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD]
-    for key in args:
-        if not accepts_any and key not in valid[len(positional):]:
-            raise PolmError(f"task '{spec}' has no argument '{key}'",
-                            fix=did_you_mean(key, valid[len(positional):]) if valid[len(positional):]
-                            else "This task takes no arguments.")
+    check_options(factory, args, where=spec.partition("?")[0], skip=len(positional), owner=f"task '{spec}'")
     try:
         return factory(*positional, **args)
     except TypeError as err:
