@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from polm.errors import PolmError
-from polm.train.batches import BatchStream
+from polm.train.batches import BatchSource
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _TMP_PREFIX = ".tmp-"
@@ -36,7 +36,7 @@ class TrainState:
     params: dict[str, nn.Parameter]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    batches: BatchStream
+    batches: BatchSource
     scaler: torch.amp.GradScaler | None = None
 
 
