@@ -49,7 +49,7 @@ class RolloutStream:
             raise PolmError(f"epochs per rollout must be at least 1, got {epochs}", where="epochs_per_rollout")
         self.prompts = BatchStream(prompts, list, prompts_per_rollout, seed=seed)
         self.make_rollout, self.collate = make_rollout, collate
-        self.rollout_size, self.epochs, self.mb, self.grad_accum = rollout_size, epochs, micro_batch_size, grad_accum
+        self.rollout_size, self.epochs, self.mb = rollout_size, epochs, micro_batch_size
         self.seed = seed
         self.index = 0                     # rollouts made so far
         self.examples: list[dict] = []     # the current rollout
