@@ -1,8 +1,9 @@
-"""Advantage estimators for policy-gradient RL: pure tensor functions, registered by name.
+"""Advantage estimators for policy-gradient RL: pure tensor functions.
 
-Group estimators (GRPO, Dr. GRPO, RLOO, REINFORCE++) take the rewards of a rollout batch laid out
-group by group — `rewards[g * G + i]` is completion i of prompt g — and return one advantage per
-completion. GAE takes per-token rewards and values from a value model (PPO).
+`ADVANTAGES` holds the group estimators (GRPO, Dr. GRPO, RLOO, REINFORCE++), all called as
+`fn(rewards [N], group_size) -> [N]` on the rewards of a rollout batch laid out group by group —
+`rewards[g * G + i]` is completion i of prompt g. GAE is not one of them: `gae_advantages` is a plain
+function of per-token rewards and a value model's values (PPO).
 """
 
 from __future__ import annotations
@@ -76,7 +77,6 @@ def reinforce_pp_advantages(rewards: torch.Tensor, group_size: int) -> torch.Ten
     return (centred - centred.mean()) / (std + STD_EPS)
 
 
-@ADVANTAGES.register("gae")
 def gae_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
                    lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalized Advantage Estimation (Schulman et al. 2016).  rewards, values, mask [B,T] -> (A, R) [B,T].

@@ -8,7 +8,6 @@ The built-in task modules are imported here (at the top, once), and register the
 from __future__ import annotations
 
 import importlib.util
-import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from polm.errors import PolmError, closest, did_you_mean
 from polm.eval import builtin_tasks, code, lmeval, user_tasks  # noqa: F401  (they register their tasks)
 from polm.eval.task import TASKS, Task
 from polm.eval.user_tasks import load_task_yaml
+from polm.registry import check_options
 
 
 def split_spec(spec: str) -> tuple[str, dict[str, Any]]:
@@ -52,14 +52,7 @@ def _looks_like_typo(family: str) -> bool:
 
 
 def _call_factory(factory: Callable[..., Task], spec: str, args: dict[str, Any], *positional: str) -> Task:
-    params = inspect.signature(factory).parameters
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    valid = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD]
-    for key in args:
-        if not accepts_any and key not in valid[len(positional):]:
-            raise PolmError(f"task '{spec}' has no argument '{key}'",
-                            fix=did_you_mean(key, valid[len(positional):]) if valid[len(positional):]
-                            else "This task takes no arguments.")
+    check_options(factory, args, where=spec.partition("?")[0], skip=len(positional), owner=f"task '{spec}'")
     try:
         return factory(*positional, **args)
     except TypeError as err:

@@ -8,6 +8,8 @@ polm.losses.kl). The registered functions differ only in how ℓ is reduced, ret
     grpo     per-sequence mean, then mean over sequences   (Shao et al. 2024)  count = sequences
     dapo     token-level mean over all tokens (also bnpo)  (Yu et al. 2025)    count = tokens
     dr_grpo  token sum / constant max_length, mean over sequences (Liu et al. 2025)  count = sequences
+Every registered loss takes the same keyword parameters (ref_logprobs, beta, kl, clip_low, clip_high,
+entropy, max_length), so a recipe calls any of them one way.
 """
 
 from __future__ import annotations
@@ -75,37 +77,48 @@ def per_token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantage
 
 
 @POLICY_LOSSES.register("grpo")
-def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-              **kwargs) -> PolicyLoss:
-    """Σ_i (Σ_t m_it ℓ_it / Σ_t m_it), count = B: the mean over sequences of each sequence's token mean."""
-    kwargs.pop("max_length", None)
-    loss, metrics = per_token_loss(logprobs, old_logprobs, advantages, mask, **kwargs)
+def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
+              ref_logprobs: torch.Tensor | None = None, beta: float = 0.0, kl: str = "k3", clip_low: float = 0.2,
+              clip_high: float | None = None, entropy: torch.Tensor | None = None,
+              max_length: int | None = None) -> PolicyLoss:
+    """Σ_i (Σ_t m_it ℓ_it / Σ_t m_it), count = B: the mean over sequences of each sequence's token mean.
+
+    `max_length` is unused: each sequence is normalised by its own token count.
+    """
+    loss, metrics = per_token_loss(logprobs, old_logprobs, advantages, mask, clip_low=clip_low, clip_high=clip_high,
+                                   ref_logprobs=ref_logprobs, beta=beta, kl=kl, entropy=entropy)
     return PolicyLoss(masked_mean(loss, mask, dim=1).sum(), logprobs.shape[0], metrics)
 
 
 @POLICY_LOSSES.register("dapo")
 @POLICY_LOSSES.register("bnpo")
-def dapo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-              **kwargs) -> PolicyLoss:
+def dapo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
+              ref_logprobs: torch.Tensor | None = None, beta: float = 0.0, kl: str = "k3", clip_low: float = 0.2,
+              clip_high: float | None = None, entropy: torch.Tensor | None = None,
+              max_length: int | None = None) -> PolicyLoss:
     """Σ_it m_it ℓ_it, count = Σ m: token-level mean, so long answers weigh by their length.
 
     The loop divides by the tokens of the whole accumulated batch, which is DAPO's normaliser and
-    TRL's `bnpo` for one micro-batch; both names map here.
+    TRL's `bnpo` for one micro-batch; both names map here. `max_length` is unused: the normaliser
+    is the number of tokens.
     """
-    kwargs.pop("max_length", None)
-    loss, metrics = per_token_loss(logprobs, old_logprobs, advantages, mask, **kwargs)
+    loss, metrics = per_token_loss(logprobs, old_logprobs, advantages, mask, clip_low=clip_low, clip_high=clip_high,
+                                   ref_logprobs=ref_logprobs, beta=beta, kl=kl, entropy=entropy)
     return PolicyLoss(masked_sum(loss, mask), int(mask.bool().sum()), metrics)
 
 
 @POLICY_LOSSES.register("dr_grpo")
-def dr_grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                 *, max_length: int | None = None, **kwargs) -> PolicyLoss:
+def dr_grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
+                 ref_logprobs: torch.Tensor | None = None, beta: float = 0.0, kl: str = "k3", clip_low: float = 0.2,
+                 clip_high: float | None = None, entropy: torch.Tensor | None = None,
+                 max_length: int | None = None) -> PolicyLoss:
     """Σ_it m_it ℓ_it / L, count = B, with L = max_length (the generation budget; default T).
 
     A constant normaliser removes GRPO's length bias (short wrong answers punished harder).
     """
     length = max_length or logprobs.shape[1]
-    loss, metrics = per_token_loss(logprobs, old_logprobs, advantages, mask, **kwargs)
+    loss, metrics = per_token_loss(logprobs, old_logprobs, advantages, mask, clip_low=clip_low, clip_high=clip_high,
+                                   ref_logprobs=ref_logprobs, beta=beta, kl=kl, entropy=entropy)
     return PolicyLoss(masked_sum(loss, mask) / length, logprobs.shape[0], metrics)
 
 

@@ -8,6 +8,7 @@ of what users read: `rewards/chosen`, `rewards/rejected`, `margins`, `accuracy`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -16,7 +17,8 @@ import torch.nn.functional as F
 
 from polm.registry import Registry
 
-PREFERENCE_LOSSES = Registry("preference loss")
+# needs_reference: the loss reads ref log-probs (the recipe keeps a reference); unpaired: KTO-style data
+PREFERENCE_LOSSES = Registry("preference loss", {"needs_reference": True, "unpaired": False})
 REWARD_MODEL_LOSSES = Registry("reward-model loss")
 
 
@@ -67,12 +69,11 @@ class PreferenceLoss(NamedTuple):
     metrics: dict[str, torch.Tensor]      # detached scalars: batch means
 
 
-def preference_loss(name: str, *, reference: bool, unpaired: bool = False):
-    """Register a loss under `name`; `reference` says whether it needs reference log-probs."""
-    def add(fn):
-        fn.needs_reference, fn.unpaired = reference, unpaired
-        return PREFERENCE_LOSSES.register(name)(fn)
-    return add
+def preference_loss(name: str, *, reference: bool, unpaired: bool = False) -> Callable[[Callable], Callable]:
+    """Register a loss under `name`; `reference` says whether it needs reference log-probs, `unpaired`
+    whether it takes `UnpairedLogps` (KTO). A plug-in module may use it too, or go undeclared
+    (then it is a paired loss with a reference)."""
+    return PREFERENCE_LOSSES.register(name, needs_reference=reference, unpaired=unpaired)
 
 
 def reward_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, torch.Tensor]:

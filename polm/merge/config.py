@@ -23,9 +23,10 @@ from typing import Any, Literal
 import yaml
 
 from polm.config import load_config
-from polm.errors import PolmError, closest, did_you_mean
+from polm.errors import PolmError, did_you_mean
 from polm.merge.methods import MERGE_METHODS, MethodSpec, method_spec
 from polm.merge.params import check_setting
+from polm.registry import check_options
 
 ADAPTER_METHODS = ("linear", "task_arithmetic")   # merges with an exact low-rank form (polm.merge.adapters)
 ALIASES = {"lambda": "scale"}   # mergekit's name for the task-vector scale
@@ -68,12 +69,10 @@ class MergeConfig:
                             where="output_format", fix=f"Use output_format: model, or {' or '.join(ADAPTER_METHODS)}.")
 
     def spec(self) -> MethodSpec:
-        fn = MERGE_METHODS.get(self.method)
         try:
-            return method_spec(fn)
-        except TypeError:
-            raise PolmError(f"'{self.method}' is not a merge method", where="method",
-                            fix="Decorate a plug-in with polm.merge.methods.merge_method.") from None
+            return method_spec(self.method)
+        except PolmError as err:
+            raise PolmError(err.what, where=err.where or "method", fix=err.fix) from None
 
     def ingredients(self) -> list[Ingredient]:
         return [_parse_ingredient(item, f"models[{i}]") for i, item in enumerate(self.models)]
@@ -129,6 +128,8 @@ def _check_inputs(cfg: MergeConfig, spec: MethodSpec, ingredients: list[Ingredie
 
 
 def _check_parameters(settings: dict[str, Any], spec: MethodSpec, where: str, *, shared_allowed: bool) -> None:
+    check_options(MERGE_METHODS.get(spec.name), settings, where=where, skip=2, exclude=("generator",),
+                  owner=f"method '{spec.name}'")
     allowed = dict(spec.per_input)
     if shared_allowed:
         allowed.update(spec.shared)
@@ -137,11 +138,6 @@ def _check_parameters(settings: dict[str, Any], spec: MethodSpec, where: str, *,
         if name in spec.shared and not shared_allowed:
             raise PolmError(f"'{name}' is shared by all models of method '{spec.name}'", where=key,
                             fix="Set it under the top-level parameters: instead.")
-        if name not in allowed:
-            valid = ", ".join(spec.parameters) or "none"
-            best = closest(name, spec.parameters)
-            raise PolmError(f"method '{spec.name}' has no parameter '{name}'", where=key,
-                            fix=(f"Did you mean '{best}'? " if best else "") + f"Its parameters: {valid}.")
         for value, leaf in check_setting(setting, key):
             _check_value(name, value, allowed[name], leaf)
 

@@ -3,7 +3,7 @@
 A method receives every input tensor that one output tensor is made from (plus plain scalars) and
 returns the merged tensor; the streaming runner calls it once per tensor name. Only torch is imported.
 
-Calling convention (what `MethodSpec` records for the runner):
+Calling convention (what `MethodSpec`, the registry metadata, records for the runner):
     fn(base, tensors, <per-input lists>, <shared scalars>, generator=None) -> Tensor
 `base` is the base model's tensor (None for methods that do not use one), `tensors` the other inputs,
 each of the same shape; per-input parameters (`weight`, `density`) are lists aligned with `tensors`.
@@ -20,16 +20,16 @@ from typing import Any
 
 import torch
 
-from polm.registry import Registry
+from polm.registry import Registry, option_names
 
-MERGE_METHODS = Registry("merge method")
+MERGE_METHODS = Registry("merge method", declare_with="polm.merge.methods.merge_method")
 
 Tensor = torch.Tensor
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """What the runner must know about a method to call it."""
+    """What the runner must know about a method to call it: its registry metadata."""
 
     name: str
     uses_base: bool                   # needs the base tensor (task vectors are θᵢ − θ_base)
@@ -54,19 +54,24 @@ def merge_method(name: str, *, uses_base: bool, per_input: dict[str, Any] | None
 
     def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         params = inspect.signature(fn).parameters
-        shared = {k: p.default for k, p in params.items()
-                  if k not in ("base", "tensors", "generator", *per_input) and p.default is not inspect.Parameter.empty}
-        fn.spec = MethodSpec(name, uses_base, per_input, shared, max_inputs, "generator" in params, paper)
-        return MERGE_METHODS.register(name)(fn)
+        settable = option_names(fn, skip=2, exclude=("generator",))
+        if settable is None:
+            raise ValueError(f"merge method '{name}' must name its parameters (no **kwargs)")
+        shared = {k: params[k].default for k in settable
+                  if k not in per_input and params[k].default is not inspect.Parameter.empty}
+        unset = [k for k in settable if k not in per_input and k not in shared]
+        if unset:
+            raise ValueError(f"merge method '{name}': parameter '{unset[0]}' is neither per-input nor has a default")
+        return MERGE_METHODS.register(name, uses_base=uses_base, per_input=per_input, shared=shared,
+                                      max_inputs=max_inputs, random="generator" in params, paper=paper)(fn)
 
     return register
 
 
-def method_spec(fn: Callable[..., Tensor]) -> MethodSpec:
-    spec = getattr(fn, "spec", None)
-    if not isinstance(spec, MethodSpec):
-        raise TypeError(f"{fn!r} is not a merge method (decorate it with polm.merge.methods.merge_method)")
-    return spec
+def method_spec(method: str) -> MethodSpec:
+    """The MethodSpec of a registered method name or a decorated 'pkg.module:fn' plug-in."""
+    entry = MERGE_METHODS.entry(method)
+    return MethodSpec(entry.name, **entry.meta)
 
 
 def _work_dtype(t: Tensor) -> torch.dtype:

@@ -3,6 +3,7 @@ SimPO and CPO.
 
     polm dpo configs/dpo.yaml
     polm dpo configs/dpo.yaml loss=ipo beta=0.5
+    polm dpo configs/dpo.yaml loss=simpo beta=2.0 loss_options.gamma=0.5
     polm dpo configs/dpo.yaml loss=kto                 # paired data is split into good/bad examples
     polm dpo configs/dpo.yaml reference.mode=precompute
 
@@ -16,10 +17,9 @@ cDPO (Mitchell 2023), robust DPO (Chowdhury et al. 2024), SLiC hinge (Zhao et al
 from __future__ import annotations
 
 import argparse
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -34,14 +34,13 @@ from polm.models.frozen import FrozenModel, cached_outputs, completion_logps
 from polm.models.load import resolve_path
 from polm.models.save import save_final
 from polm.recipes.common import add_config_arguments, config_from_args
+from polm.registry import check_options
 from polm.rundir import check_output_dir, run_directory
 from polm.train.batches import BatchStream
 from polm.train.config import TrainConfig
 from polm.train.heldout import make_heldout_eval
 from polm.train.loop import StepOutput, autocast_context, resolve_precision, seed_everything, train
 from polm.train.plots import plot_metrics
-
-LOSS_PARAMS = ("beta", "label_smoothing", "gamma", "sft_weight", "desirable_weight", "undesirable_weight")
 
 
 @dataclass
@@ -72,12 +71,8 @@ class DPOConfig:
     data: DPOData = field(default_factory=DPOData)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-6))
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
-    beta: float | None = None         # loss parameters; None = the loss's own (paper) default
-    label_smoothing: float | None = None
-    gamma: float | None = None
-    sft_weight: float | None = None
-    desirable_weight: float | None = None
-    undesirable_weight: float | None = None
+    beta: float | None = None         # every loss's β; None = the loss's own (paper) default
+    loss_options: dict[str, Any] = field(default_factory=dict)   # the loss's other parameters, e.g. {gamma: 0.5}
     loss_chunk_size: int = 1024
     overwrite: bool = False
 
@@ -89,14 +84,12 @@ class DPOConfig:
 
 
 def loss_kwargs(cfg: DPOConfig, fn) -> dict:
-    """The loss parameters set in the config; one the loss does not take is an error, not ignored."""
-    accepted = set(list(inspect.signature(fn).parameters)[1:])   # the first parameter is the log-probs
-    given = {k: getattr(cfg, k) for k in LOSS_PARAMS if getattr(cfg, k) is not None}
-    for key in given:
-        if key not in accepted:
-            raise PolmError(f"loss '{cfg.loss}' has no parameter '{key}'", where=f"config key '{key}'",
-                            fix=f"Its parameters are: {', '.join(sorted(accepted)) or 'none'}; remove '{key}'.")
-    return given
+    """beta and loss_options as the loss's keyword arguments; one the loss does not take is an error, not ignored."""
+    if "beta" in cfg.loss_options:
+        raise PolmError("beta is set in loss_options", where="loss_options.beta", fix="Set the top-level beta instead.")
+    owner = f"loss '{cfg.loss}'"   # skip=1: the first parameter is the log-probs
+    given = check_options(fn, {} if cfg.beta is None else {"beta": cfg.beta}, where="", skip=1, owner=owner)
+    return {**given, **check_options(fn, cfg.loss_options, where="loss_options", skip=1, owner=owner)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,10 +110,9 @@ def run_dpo(cfg: DPOConfig) -> dict:
     run_dir = Path(cfg.output_dir)
     check_output_dir(run_dir, resume=cfg.train.resume, overwrite=cfg.overwrite)
     seed_everything(cfg.train.seed)   # before the adapter's random init
-    loss_fn = PREFERENCE_LOSSES.get(cfg.loss)
-    kwargs = loss_kwargs(cfg, loss_fn)
-    unpaired = getattr(loss_fn, "unpaired", False)
-    needs_ref = getattr(loss_fn, "needs_reference", True)
+    loss = PREFERENCE_LOSSES.entry(cfg.loss)
+    loss_fn, kwargs = loss.obj, loss_kwargs(cfg, loss.obj)
+    unpaired, needs_ref = loss.meta["unpaired"], loss.meta["needs_reference"]
 
     # 1. data: validate + encode before anything is written
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)

@@ -137,7 +137,7 @@ def run_grpo(cfg: GRPOConfig) -> dict:
         out = loss_fn(policy.logprobs, batch["old_logprobs"], batch["advantage"], batch["completion_mask"],
                       ref_logprobs=batch.get("ref_logprobs"), beta=cfg.beta, kl=cfg.kl, clip_low=cfg.clip_low,
                       clip_high=cfg.clip_high, entropy=policy.entropy, max_length=cfg.rollout.max_new_tokens)
-        return StepOutput(out.loss_sum, out.count, {**out.metrics, **batch["rollout_metrics"]})
+        return StepOutput(out.loss_sum, out.count, out.metrics)
 
     eval_fn = None
     if cfg.eval_tasks:

@@ -125,7 +125,7 @@ def run_ppo(cfg: PPOConfig) -> dict:
                           clip_low=cfg.clip_low, clip_high=cfg.clip_high, entropy=policy.entropy)
         val = clipped_value_loss(head(policy.hidden), batch["old_values"], batch["returns"], mask, cfg.value_clip)
         metrics = {**pol.metrics, **val.metrics, "value/loss": float(val.loss_sum.detach()) / max(val.count, 1),
-                   "policy/loss": float(pol.loss_sum.detach()) / max(pol.count, 1), **batch["rollout_metrics"]}
+                   "policy/loss": float(pol.loss_sum.detach()) / max(pol.count, 1)}
         return StepOutput(pol.loss_sum + cfg.vf_coef * val.loss_sum, pol.count, metrics)
 
     params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())

@@ -14,19 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from polm.errors import PolmError
-from polm.registry import Registry
+from polm.registry import Registry, check_options
 
-REWARDS = Registry("reward")
+REWARDS = Registry("reward", {"requires": ()})   # requires: the record fields the reward reads
 RewardFn = Callable[..., list[float]]
 
 
 def reward(name: str, requires: tuple[str, ...] = ()) -> Callable[[RewardFn], RewardFn]:
-    """Register `fn` under `name`; `requires` lists the record fields it reads."""
-    def add(fn: RewardFn) -> RewardFn:
-        fn.requires = requires  # type: ignore[attr-defined]
-        return REWARDS.register(name)(fn)
-
-    return add
+    """Register `fn` under `name`; `requires` lists the record fields it reads. A plug-in module may
+    use it too, or go undeclared (then it requires no field)."""
+    return REWARDS.register(name, requires=tuple(requires))
 
 
 @dataclass
@@ -68,15 +65,18 @@ class RewardSet:
             raise PolmError(f"reward_options has options for '{sorted(unknown)[0]}', which is not in rewards",
                             where="reward_options", fix="Add it to rewards: or remove its options.")
         self.weights = {name: float(w) for name, w in weights.items()}
-        self.fns = {name: REWARDS.get(name) for name in weights}
-        self.options = {name: dict(options.get(name) or {}) for name in weights}
+        entries = {name: REWARDS.entry(name) for name in weights}
+        self.fns = {name: entry.obj for name, entry in entries.items()}
+        self.requires = {name: entry.meta["requires"] for name, entry in entries.items()}
+        self.options = {name: check_options(self.fns[name], options.get(name) or {}, where=f"reward_options.{name}",
+                                            skip=2, owner=f"reward '{name}'") for name in weights}
         self.failures = {name: 0 for name in weights}
         self._reported: set[str] = set()
 
     def check_records(self, records: list[dict], source: str) -> None:
         """Every record must carry the fields each reward needs; say which record and field if not."""
-        for name, fn in self.fns.items():
-            for field_name in getattr(fn, "requires", ()):
+        for name, fields in self.requires.items():
+            for field_name in fields:
                 for i, rec in enumerate(records):
                     if field_name not in rec or rec[field_name] is None:
                         raise PolmError(

@@ -1,4 +1,5 @@
-"""An endless, seeded, resumable stream of collated micro-batches over a list of examples.
+"""What the training loop trains on: the `BatchSource` protocol, and `BatchStream`, an endless,
+seeded, resumable stream of collated micro-batches over a list of examples.
 
 Epoch e visits the examples in the order `randperm(n, seed + e)`; the position in the stream is two
 integers (epoch, cursor), so a checkpoint resumes on exactly the next micro-batch.
@@ -8,11 +9,33 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from polm.errors import PolmError
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    """An endless iterator of micro-batches (dicts of tensors) that the loop checkpoints and resumes.
+
+    `step_metrics()` is the source's own channel for numbers about the data (rollout rewards,
+    generation time): the loop calls it once per optimizer step, after the step's micro-batches, and
+    logs what it returns with that step; each call returns what accrued since the last and clears it.
+    """
+
+    def __iter__(self) -> Iterator[dict]: ...
+
+    def __next__(self) -> dict: ...
+
+    def steps_per_epoch(self, grad_accum: int) -> int: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def step_metrics(self) -> dict[str, float]: ...
 
 
 class BatchStream(Iterator[dict]):
@@ -60,6 +83,10 @@ class BatchStream(Iterator[dict]):
         picked = self._order[self.cursor:self.cursor + self.micro_batch_size]
         self.cursor += len(picked)
         return self.collate([self.examples[i] for i in picked])
+
+    def step_metrics(self) -> dict[str, float]:
+        """Nothing: a list of examples has no numbers of its own to log."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "size": len(self.examples)}

@@ -22,7 +22,7 @@ from torch import nn
 
 from polm.errors import PolmError
 from polm.io import atomic_dir
-from polm.train.batches import BatchStream
+from polm.train.batches import BatchSource
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -34,7 +34,7 @@ class TrainState:
     params: dict[str, nn.Parameter]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    batches: BatchStream
+    batches: BatchSource
     scaler: torch.amp.GradScaler | None = None
 
 

@@ -1,4 +1,5 @@
-"""The shared training loop: every recipe passes its `step_fn(batch) -> StepOutput` to `train`.
+"""The shared training loop: every recipe passes its `step_fn(batch) -> StepOutput` and a
+`BatchSource` of micro-batches to `train`.
 
 One optimizer step = `grad_accum` micro-batches, each `loss_sum.backward()`; the summed gradients
 are then divided by the TRUE number of units (target tokens, pairs, ...) across the micro-batches,
@@ -27,7 +28,7 @@ from torch import nn
 from polm.errors import PolmError, TrainingDiverged, TrainingInterrupted
 from polm.ops import IGNORE_INDEX, causal_targets
 from polm.rundir import record_resume
-from polm.train.batches import BatchStream
+from polm.train.batches import BatchSource
 from polm.train.checkpoint import (
     TrainState,
     checkpoint_path,
@@ -84,7 +85,7 @@ def deterministic_algorithms(enabled: bool, device: torch.device) -> Iterator[No
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
-def total_steps(cfg: TrainConfig, batches: BatchStream) -> int:
+def total_steps(cfg: TrainConfig, batches: BatchSource) -> int:
     """cfg.max_steps, or ceil(epochs × optimizer steps per epoch)."""
     if cfg.max_steps > 0:
         return cfg.max_steps
@@ -226,6 +227,7 @@ class _Loop:
         lr = self.apply()
         seconds = time.perf_counter() - started
         extra = {k: sum(v) / len(v) for k, v in acc.metrics.items()}
+        extra.update(self.state.batches.step_metrics())   # the source's own numbers (rollout rewards, generation time)
         # the loop's own numbers win over a step_fn metric of the same name
         return {**extra, "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                 "target_tokens": acc.target_tokens, "tokens": acc.tokens,
@@ -273,7 +275,7 @@ def train(
     *,
     model: nn.Module,
     step_fn: Callable[[dict], StepOutput],
-    batches: BatchStream,
+    batches: BatchSource,
     cfg: TrainConfig,
     run_dir: Path,
     eval_fn: Callable[[], dict[str, float]] | None = None,
@@ -281,11 +283,14 @@ def train(
 ) -> TrainResult:
     """Run optimizer steps until cfg.max_steps (or cfg.epochs), resuming from run_dir when asked.
 
-    `params` defaults to the model's parameters with requires_grad. Writes run_dir/metrics.jsonl,
-    run_dir/tb and run_dir/checkpoints/step-N; raises TrainingDiverged on a NaN/inf loss or grad norm,
-    and TrainingInterrupted after checkpointing the step at which SIGTERM/SIGINT arrived.
+    `batches.step_metrics()` is logged with each step. `params` defaults to the model's parameters with
+    requires_grad. Writes run_dir/metrics.jsonl, run_dir/tb and run_dir/checkpoints/step-N; raises
+    TrainingDiverged on a NaN/inf loss or grad norm, and TrainingInterrupted after checkpointing the step
+    at which SIGTERM/SIGINT arrived.
     """
     run_dir = Path(run_dir)
+    if not isinstance(batches, BatchSource):
+        raise TypeError(f"batches must implement polm.train.batches.BatchSource, got {type(batches).__name__}")
     seed_everything(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad] if params is None else params
     if not params:

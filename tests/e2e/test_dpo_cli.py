@@ -104,7 +104,7 @@ def test_output_reloads_and_generates_like_the_trained_model(tiny_model_dir, pai
 
 
 def test_unknown_loss_parameter_is_one_line(tiny_model_dir, pair_file, tmp_path, capsys):
-    assert main(dpo_args(tiny_model_dir, pair_file, tmp_path / "x", "loss=dpo", "gamma=1.0")) == 2
+    assert main(dpo_args(tiny_model_dir, pair_file, tmp_path / "x", "loss=dpo", "loss_options.gamma=1.0")) == 2
     err = capsys.readouterr().err
     assert "loss 'dpo' has no parameter 'gamma'" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()

@@ -61,3 +61,11 @@ def test_bad_inputs_are_explained():
         ADVANTAGES.get("rloo")(torch.zeros(3), group_size=1)
     with pytest.raises(PolmError, match="Did you mean 'rloo'"):
         ADVANTAGES.get("rlo")
+
+
+def test_gae_is_a_plain_function_not_a_group_estimator():
+    assert "gae" not in ADVANTAGES and set(ADVANTAGES.names()) == {"grpo", "dr_grpo", "rloo", "reinforce_pp"}
+    from polm.recipes.grpo import GRPOConfig
+
+    with pytest.raises(PolmError, match="advantage=gae needs a value model.*Use `polm ppo` for GAE"):
+        GRPOConfig(advantage="gae").validate()

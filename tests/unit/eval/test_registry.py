@@ -21,7 +21,7 @@ def test_unknown_task_suggests_the_closest():
         get_task("gsm8")
     with pytest.raises(PolmError, match="Did you mean 'arith'"):
         get_task("arth:chain_sum")
-    with pytest.raises(PolmError, match="has no argument 'methd'.*Did you mean 'method'"):
+    with pytest.raises(PolmError, match=r"^gpqa-diamond.methd: task .* has no parameter 'methd'.*Did you mean 'method'"):
         get_task("gpqa-diamond?methd=generate")
 
 

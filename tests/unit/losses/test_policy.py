@@ -66,6 +66,22 @@ def test_bad_shapes_and_missing_reference_are_explained():
         POLICY_LOSSES.get("grpo")(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2), torch.ones(2, 3), beta=0.1)
 
 
+def test_every_policy_loss_takes_the_same_keyword_parameters():
+    import inspect
+
+    def keywords(fn):
+        return {n: p.default for n, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
+
+    expected = {"ref_logprobs": None, "beta": 0.0, "kl": "k3", "clip_low": 0.2, "clip_high": None, "entropy": None,
+                "max_length": None}
+    assert {name: keywords(POLICY_LOSSES.get(name)) for name in POLICY_LOSSES.names()} == {
+        name: expected for name in ("bnpo", "dapo", "dr_grpo", "grpo")}
+    lp, mask, adv = torch.zeros(2, 3), torch.tensor([[1, 1, 0], [1, 0, 0]]), torch.tensor([1.0, -3.0])
+    for name in ("grpo", "dapo"):                    # max_length is accepted and has no effect on them
+        a, b = (POLICY_LOSSES.get(name)(lp, lp, adv, mask, max_length=m) for m in (None, 64))
+        assert (a.loss_sum.item(), a.count) == (b.loss_sum.item(), b.count)
+
+
 # --- parity with TRL -----------------------------------------------------------------------------------
 
 def _fixed_tensors(seed: int = 0):

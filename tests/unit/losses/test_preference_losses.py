@@ -125,6 +125,16 @@ def test_reference_losses_refuse_missing_reference():
         PREFERENCE_LOSSES.get("dpo")(lp)
 
 
+def test_each_loss_declares_reference_and_pairing_in_the_registry():
+    reference_free = {name for name in PREFERENCE_LOSSES.names() if not PREFERENCE_LOSSES.meta(name)["needs_reference"]}
+    assert reference_free == {"cpo", "orpo", "simpo"}
+    assert [name for name in PREFERENCE_LOSSES.names() if PREFERENCE_LOSSES.meta(name)["unpaired"]] == ["kto"]
+    assert PREFERENCE_LOSSES.meta("polm.losses.preference:simpo") == {"needs_reference": False, "unpaired": False}
+    # an undeclared plug-in: a paired loss with a reference
+    assert PREFERENCE_LOSSES.meta("polm.losses.preference:reward_metrics") == {"needs_reference": True,
+                                                                                "unpaired": False}
+
+
 def test_unknown_loss_suggests_name():
     with pytest.raises(PolmError, match="simpo"):
         PREFERENCE_LOSSES.get("simpoo")

@@ -49,7 +49,7 @@ def test_each_method_matches_mergekit_per_tensor(method, theirs, ours, shape):
     expected = merge_tensors(inputs, method, parameters=theirs, ids=ids,
                              base_index=None if method == "linear" else 0)
     fn = polm_methods.MERGE_METHODS.get(method)
-    kwargs = dict(ours, generator=torch.Generator().manual_seed(11)) if fn.spec.random else ours
+    kwargs = dict(ours, generator=torch.Generator().manual_seed(11)) if polm_methods.method_spec(method).random else ours
     got = fn(None if method == "linear" else base, others, **kwargs)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 

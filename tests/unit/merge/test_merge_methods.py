@@ -15,6 +15,7 @@ from polm.merge.methods import (
     elect_sign,
     linear,
     magnitude_trim_,
+    merge_method,
     method_spec,
     random_drop_,
     slerp,
@@ -160,11 +161,11 @@ def test_slerp_parallel_antiparallel_and_zero_vectors_fall_back_to_lerp():
 
 def test_registry_holds_every_method_with_its_contract():
     assert {"linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp"} <= set(MERGE_METHODS.names())
-    assert not method_spec(linear).uses_base and method_spec(ties).uses_base
-    assert method_spec(ties).per_input == {"weight": 1.0, "density": 1.0}
-    assert method_spec(ties).shared == {"normalize": True, "scale": 1.0, "consensus": "sum"}
-    assert method_spec(dare_ties).random and not method_spec(ties).random
-    assert method_spec(slerp).max_inputs == 1 and method_spec(slerp).shared["t"] == 0.5
+    assert not method_spec("linear").uses_base and method_spec("ties").uses_base
+    assert method_spec("ties").per_input == {"weight": 1.0, "density": 1.0}
+    assert method_spec("ties").shared == {"normalize": True, "scale": 1.0, "consensus": "sum"}
+    assert method_spec("dare_ties").random and not method_spec("ties").random
+    assert method_spec("slerp").max_inputs == 1 and method_spec("slerp").shared["t"] == 0.5
     with pytest.raises(PolmError, match="Did you mean 'ties'"):
         MERGE_METHODS.get("tie")
     assert MERGE_METHODS.get("polm.merge.methods:slerp") is slerp
@@ -174,6 +175,20 @@ def test_registry_holds_every_method_with_its_contract():
 def test_methods_leave_their_inputs_untouched(method):
     fn = MERGE_METHODS.get(method)
     base, models = BASE.clone(), [m.clone() for m in BASE + TAU]
-    kwargs = {k: [0.5] * 3 for k in fn.spec.per_input}
+    kwargs = {k: [0.5] * 3 for k in method_spec(method).per_input}
     fn(base, models[:1] if method == "slerp" else models, **kwargs)
     assert torch.equal(base, BASE) and all(torch.equal(m, e) for m, e in zip(models, BASE + TAU))
+
+
+def test_merge_plugins_must_declare_their_contract():
+    with pytest.raises(PolmError, match="'math:sqrt' is not a registered merge method. Decorate it with "
+                                        "polm.merge.methods.merge_method"):
+        method_spec("math:sqrt")
+    assert method_spec("polm.merge.methods:ties") == method_spec("ties")
+
+    def no_default(base, tensors, weight, t):
+        return base
+
+    with pytest.raises(ValueError, match="parameter 't' is neither per-input nor has a default"):
+        merge_method("never_registered", uses_base=True, per_input={"weight": 1.0})(no_default)
+    assert "never_registered" not in MERGE_METHODS

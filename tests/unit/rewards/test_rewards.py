@@ -79,6 +79,15 @@ def test_bad_reward_configs():
         RewardSet({"format": 1.0}, {"code": {"timeout_s": 1}})
 
 
+def test_reward_options_are_checked_against_the_reward_signature():
+    rs = RewardSet({"format": 1.0}, {"format": {"pattern": "ok"}})
+    assert rs.options == {"format": {"pattern": "ok"}} and rs.score(["ok"], [{}]).total == [1.0]
+    with pytest.raises(PolmError) as err:
+        RewardSet({"format": 1.0}, {"format": {"patern": "ok"}})
+    assert err.value.message == ("reward_options.format.patern: reward 'format' has no parameter 'patern'. "
+                                 "Did you mean 'pattern'? Its parameters: pattern.")
+
+
 def test_plugin_reward_by_module_path():
     rs = RewardSet({"polm.rewards.builtin:answer_format": 2.0})
     assert rs.score(["Answer: 1"], [{}]).total == [2.0]

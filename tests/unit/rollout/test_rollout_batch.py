@@ -10,6 +10,7 @@ from conftest import LargestTensor
 from polm.rollout import HFGenerator, SamplingConfig
 from polm.rollout.batch import collate_rollout, policy_forward
 from polm.rollout.stream import RolloutStream
+from polm.train.batches import BatchSource
 
 
 def test_collate_left_pads_prompts_and_right_pads_completions():
@@ -104,16 +105,24 @@ def _stream(calls):
 def test_stream_serves_each_rollout_mu_times_and_resumes_exactly():
     calls: list = []
     stream = _stream(calls)
-    served = [next(stream) for _ in range(4)]       # one rollout of 4 completions, 2 epochs of 2 micro-batches
+    served, metrics = [], []
+    for _ in range(4):                               # one rollout of 4 completions, 2 epochs of 2 micro-batches
+        served.append(next(stream))
+        metrics.append(stream.step_metrics())        # grad_accum=1: the loop asks after every micro-batch
     assert len(calls) == 1
     first_epoch = sorted(t for b in served[:2] for t in b["completion_ids"][:, 1].tolist())
     second_epoch = sorted(t for b in served[2:] for t in b["completion_ids"][:, 1].tolist())
     assert first_epoch == second_epoch == [0, 0, 1, 1]
-    assert [("time/generation_s" in b["rollout_metrics"]) for b in served] == [True] * 4
+    assert all("rollout_metrics" not in b for b in served)          # metrics travel on their own channel
+    assert [m["reward/mean"] for m in metrics] == [0.0] * 4
+    assert metrics[0]["time/generation_s"] > 0 and [m["time/generation_s"] for m in metrics[1:]] == [0.0] * 3
+    assert isinstance(stream, BatchSource)
     next(stream)                                     # mid-way through the second rollout
     state = json.loads(json.dumps(stream.state_dict()))
-    rest = [next(stream) for _ in range(5)]
+    rest = [(next(stream), stream.step_metrics()["reward/mean"]) for _ in range(5)]
     again = _stream([])
     again.load_state_dict(state)
-    for a, b in zip(rest, [next(again) for _ in range(5)]):
+    for a, reward_mean in rest:
+        b = next(again)
         assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["old_logprobs"], b["old_logprobs"])
+        assert again.step_metrics()["reward/mean"] == reward_mean      # the rollout's metrics resume too

@@ -54,3 +54,11 @@ def test_bad_input_is_a_polm_error():
     state = make(n=10).state_dict()
     with pytest.raises(PolmError, match="10 training examples, now there are 9"):
         make(n=9).load_state_dict(state)
+
+
+def test_a_batch_stream_is_a_batch_source_without_metrics_of_its_own():
+    from polm.train.batches import BatchSource
+
+    stream = make()
+    next(stream)
+    assert isinstance(stream, BatchSource) and stream.step_metrics() == {}

@@ -302,3 +302,37 @@ def test_no_weight_decay_on_biases_and_norm_weights():
     assert decayed["betas"] == (0.8, 0.9)
     with pytest.raises(PolmError, match="two numbers"):
         build_optimizer(list(model.parameters()), config(adam_betas=[0.9]))
+
+
+class MeteredStream(BatchStream):
+    """A BatchSource whose metrics channel reports the micro-batches served since the last step."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.since_last = 0
+
+    def __next__(self) -> dict:
+        self.since_last += 1
+        return super().__next__()
+
+    def step_metrics(self) -> dict[str, float]:
+        out, self.since_last = {"source/batches": float(self.since_last), "seq_len": -1.0, "loss": -1.0}, 0
+        return out
+
+
+def test_source_metrics_are_logged_with_their_step(tmp_path):
+    cfg = config(max_steps=3, micro_batch_size=2, grad_accum=2)
+    model = build_tiny_llama(VOCAB)
+    source = MeteredStream(counting_examples(8), partial(pad_collate, pad_id=0), micro_batch_size=2, seed=0)
+    result = train(model=model, step_fn=sft_step(model), batches=source, cfg=cfg, run_dir=tmp_path)
+    lines = train_lines(tmp_path)
+    assert [r["source/batches"] for r in lines] == [2.0, 2.0, 2.0]     # asked once per step, after its micro-batches
+    assert [r["seq_len"] for r in lines] == [-1.0] * 3                 # the source's value over the step_fn's
+    assert [r["loss"] for r in lines] == result.losses                 # the loop's own numbers win
+    assert stream(counting_examples(2), 1).step_metrics() == {}
+
+
+def test_batches_must_be_a_batch_source(tmp_path):
+    model = build_tiny_llama(VOCAB)
+    with pytest.raises(TypeError, match="must implement polm.train.batches.BatchSource, got list_iterator"):
+        train(model=model, step_fn=sft_step(model), batches=iter([{}]), cfg=config(), run_dir=tmp_path)
