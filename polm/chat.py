@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from polm.generate import add_model_arguments, generate, load_for_inference, settings_from_args
+from polm.generate import add_model_arguments, load_for_inference, sampling_from_args
+from polm.rollout import HFGenerator
+from polm.rollout.text import generate_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_for_inference(args.model, args.device, args.dtype, args.trust_remote_code)
-    settings = settings_from_args(args, batch_size=1)
+    sampling = sampling_from_args(args)
+    sampling.validate()
+    generator = HFGenerator(model, tokenizer, prompts_per_batch=1)
     history: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()
     while True:
@@ -35,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
             history = history[:1] if args.system else []
             continue
         history.append({"role": "user", "content": text})
-        reply = generate(model, tokenizer, [history], settings)[0][0].strip()
+        [[reply]] = generate_text(generator, tokenizer, [history], sampling, seed=args.seed, chat=not args.no_chat)
+        reply = reply.strip()
         history.append({"role": "assistant", "content": reply})
         print(f"model> {reply}" if interactive else reply, flush=True)

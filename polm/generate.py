@@ -4,7 +4,8 @@
     polm generate --model smollm2-135m-instruct --file prompts.jsonl --temperature 0.7 --num-samples 4
 
 Prompts are chat-formatted with the tokenizer's own template when it has one (`--no-chat` for raw
-text), left-padded into batches, and decoded greedily (temperature 0) or by sampling.
+text), left-padded into batches, and decoded greedily (temperature 0) or by sampling, through the
+one generation path (polm.rollout: HFGenerator + generate_text).
 """
 
 from __future__ import annotations
@@ -12,76 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from polm.data.templating import format_prompt, prompt_of
+from polm.data.templating import prompt_of
 from polm.errors import PolmError
-
-
-@dataclass
-class GenerationSettings:
-    max_new_tokens: int = 128
-    temperature: float = 0.0      # 0 = greedy
-    top_p: float = 1.0
-    top_k: int = 0
-    num_samples: int = 1
-    batch_size: int = 16
-    chat: bool = True             # apply the tokenizer's chat template when it has one
-    stop: tuple[str, ...] = ()
-    seed: int = 0
-    progress: bool = False        # a progress bar over the prompts on stderr (long offline sampling jobs)
-
-
-@torch.no_grad()
-def generate(model, tokenizer, prompts: list, settings: GenerationSettings) -> list[list[str]]:
-    """Completions for each prompt: a list of `num_samples` strings per prompt, in prompt order."""
-    texts = [format_prompt(tokenizer, p, settings.chat) for p in prompts]
-    device = next(model.parameters()).device
-    torch.manual_seed(settings.seed)
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    was_training = model.training
-    model.eval()
-    out: list[list[str]] = []
-    from polm.train.metrics import ProgressBar
-
-    bar = ProgressBar(len(texts), 0, settings.progress, label="sample")
-    try:
-        for start in range(0, len(texts), settings.batch_size):
-            chunk = texts[start:start + settings.batch_size]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            ids = model.generate(**enc, **_sampling_kwargs(tokenizer, settings))
-            new = ids[:, enc["input_ids"].shape[1]:]
-            decoded = [_cut(tokenizer.decode(row, skip_special_tokens=True), settings.stop) for row in new]
-            n = settings.num_samples
-            out += [decoded[i * n:(i + 1) * n] for i in range(len(chunk))]
-            bar.advance_to(len(out), f"{len(out) * n} completions")
-    finally:
-        bar.close()
-        tokenizer.padding_side = side
-        model.train(was_training)
-    return out
-
-
-def _sampling_kwargs(tokenizer, s: GenerationSettings) -> dict:
-    kwargs = {"max_new_tokens": s.max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
-              "num_return_sequences": s.num_samples}
-    if s.temperature > 0:
-        kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or None)
-    else:
-        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    return kwargs
-
-
-def _cut(text: str, stop: tuple[str, ...]) -> str:
-    for s in stop:
-        pos = text.find(s)
-        if pos >= 0:
-            text = text[:pos]
-    return text
+from polm.rollout import HFGenerator, SamplingConfig
+from polm.rollout.text import generate_text
 
 
 def load_for_inference(ref: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
@@ -105,9 +42,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-remote-code", action="store_true")
 
 
-def settings_from_args(args: argparse.Namespace, **extra) -> GenerationSettings:
-    return GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                              top_p=args.top_p, top_k=args.top_k, chat=not args.no_chat, seed=args.seed, **extra)
+def sampling_from_args(args: argparse.Namespace, n: int = 1) -> SamplingConfig:
+    """The sampling settings of the shared model arguments, `n` completions per prompt."""
+    return SamplingConfig(n=n, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                          top_p=args.top_p, top_k=args.top_k)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -133,9 +71,11 @@ def run(args: argparse.Namespace) -> int:
     prompts = list(args.prompt) + (read_prompts(args.file) if args.file else [])
     if not prompts:
         raise PolmError("no prompts given", fix="Pass --prompt TEXT (repeatable) or --file prompts.jsonl.")
-    settings = settings_from_args(args, num_samples=args.num_samples, batch_size=args.batch_size)
+    sampling = sampling_from_args(args, n=args.num_samples)
+    sampling.validate()
     model, tokenizer = load_for_inference(args.model, args.device, args.dtype, args.trust_remote_code)
-    results = generate(model, tokenizer, prompts, settings)
+    generator = HFGenerator(model, tokenizer, prompts_per_batch=args.batch_size)
+    results = generate_text(generator, tokenizer, prompts, sampling, seed=args.seed, chat=not args.no_chat)
     rows = [{"prompt": p, "completions": c} for p, c in zip(prompts, results)]
     if args.out:
         Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -110,14 +110,16 @@ def pair_by_score(samples: list[str], scores: list[float], k: int, rng: random.R
 
 
 def onpolicy_pairs(records: list[dict], args) -> tuple[list[dict], dict]:
-    from polm.generate import GenerationSettings, generate, load_for_inference
+    from polm.generate import load_for_inference
+    from polm.rollout import SamplingConfig, build_generator
+    from polm.rollout.text import generate_text
     from polm.verify import score_response
 
     model, tokenizer = load_for_inference(args.model)
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                  num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
-                                  progress=True)
-    samples = generate(model, tokenizer, [r["prompt"] for r in records], settings)
+    generator = build_generator("hf", model, tokenizer, prompts_per_batch=args.batch_size)
+    sampling = SamplingConfig(n=args.num_samples, max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    samples = generate_text(generator, tokenizer, [r["prompt"] for r in records], sampling, seed=args.seed,
+                            progress=True)
     rng, pairs = random.Random(args.seed), []
     stats = {"prompts": len(records), "all_correct": 0, "none_correct": 0, "best_below_min_chosen_score": 0,
              "samples": args.num_samples, "min_chosen_score": args.min_chosen_score}
@@ -196,13 +198,16 @@ def agreed_winner(first_order: str, second_order: str) -> int | None:
 def judged_pairs(records: list[dict], args) -> tuple[list[dict], dict]:
     from polm.eval.judge import DEFAULT_RUBRIC, judge_verdicts
     from polm.eval.model import ModelAdapter
-    from polm.generate import GenerationSettings, generate, load_for_inference
+    from polm.generate import load_for_inference
+    from polm.rollout import SamplingConfig, build_generator
+    from polm.rollout.text import generate_text
 
     model, tokenizer = load_for_inference(args.model)
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, num_samples=2,
-                                  batch_size=args.batch_size, seed=args.seed, progress=True)
-    samples = generate(model, tokenizer, [r["prompt"] for r in records], settings)
-    del model
+    generator = build_generator("hf", model, tokenizer, prompts_per_batch=args.batch_size)
+    sampling = SamplingConfig(n=2, max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    samples = generate_text(generator, tokenizer, [r["prompt"] for r in records], sampling, seed=args.seed,
+                            progress=True)
+    del model, generator
     kept = [(i, r, s) for i, (r, s) in enumerate(zip(records, samples)) if s[0].strip() != s[1].strip()]
     judge = ModelAdapter.load(args.judge)
     prompts = [r["prompt"] for _, r, _ in kept]

@@ -238,13 +238,13 @@ class ModelAdapter:
                  formatted: bool = False) -> list[list[str]]:
         """`n` completions per prompt (greedy when temperature is 0), each cut at the first stop string.
 
-        Batched with left padding and the KV cache (polm.generate). `formatted=True` means the prompts
+        Batched with left padding and the KV cache (polm.rollout). `formatted=True` means the prompts
         are already final text (e.g. from `format_prompt`) and are not templated again."""
-        from polm.generate import GenerationSettings
-        from polm.generate import generate as run_generate
+        from polm.rollout import HFGenerator, SamplingConfig
+        from polm.rollout.text import generate_text
 
         texts = list(prompts) if formatted else [self.format_prompt(p) for p in prompts]
-        settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                      num_samples=n, batch_size=self.batch_size, chat=False,
-                                      stop=tuple(stop), seed=seed)
-        return run_generate(self.model, self.tokenizer, texts, settings)
+        sampling = SamplingConfig(n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                  stop=list(stop))
+        generator = HFGenerator(self.model, self.tokenizer, prompts_per_batch=self.batch_size)
+        return generate_text(generator, self.tokenizer, texts, sampling, seed=seed, chat=False)

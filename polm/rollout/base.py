@@ -1,7 +1,9 @@
-"""The Generator protocol every rollout backend implements, and what a rollout returns."""
+"""The one Generator protocol every generation backend implements (RL rollouts, eval, `polm generate`,
+data builders), its one settings type (SamplingConfig), and what a generation returns (Completion)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -10,6 +12,9 @@ from polm.errors import PolmError
 
 @dataclass
 class SamplingConfig:
+    """What to sample, for every backend and caller. How prompts are batched, templated or reported
+    is not sampling: that belongs to the backend's constructor or to `polm.rollout.text.generate_text`."""
+
     n: int = 8                        # completions per prompt (the GRPO group size)
     max_new_tokens: int = 128
     temperature: float = 1.0          # 0 = greedy
@@ -19,11 +24,12 @@ class SamplingConfig:
 
     def validate(self) -> None:
         if self.n < 1 or self.max_new_tokens < 1:
-            raise PolmError(f"rollout needs n >= 1 and max_new_tokens >= 1, got n={self.n}, "
-                            f"max_new_tokens={self.max_new_tokens}")
+            raise PolmError(f"generation needs n >= 1 and max_new_tokens >= 1, got n={self.n}, "
+                            f"max_new_tokens={self.max_new_tokens}", fix="Set both to at least 1.")
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise PolmError(f"invalid sampling settings: temperature={self.temperature} (>= 0), "
-                            f"top_p={self.top_p} (in (0, 1]), top_k={self.top_k} (>= 0)")
+                            f"top_p={self.top_p} (in (0, 1]), top_k={self.top_k} (>= 0)",
+                            fix="Use temperature 0 for greedy decoding, top_p 1 and top_k 0 for no filter.")
 
 
 @dataclass
@@ -36,11 +42,13 @@ class Completion:
 
 
 class Generator(Protocol):
-    """A rollout backend: n sampled completions per tokenized prompt, with their sampling logprobs."""
+    """A generation backend: n completions per tokenized prompt, with their sampling logprobs."""
 
-    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig, seed: int) -> list[Completion]:
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig, seed: int,
+                 on_progress: Callable[[int], None] | None = None) -> list[Completion]:
         """`sampling.n` completions per prompt, grouped: completions[i * n + j] is sample j of prompt i.
-        The same seed, prompts and weights give the same completions."""
+        The same seed, prompts and weights give the same completions. `on_progress(k)` is called when
+        the first k prompts are done (for a progress bar; it never changes what is sampled)."""
         ...
 
     def sync_weights(self) -> None:

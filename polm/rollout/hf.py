@@ -1,12 +1,15 @@
-"""Rollouts with transformers models: batched sampling on a KV cache, the prompt prefilled once per group.
+"""Generation with transformers models: batched sampling on a KV cache, the prompt prefilled once per group.
 
 Each prompt is run through the model once; its KV cache is then repeated n times and the n samples
 decode together. Rows that finish (EOS or a stop string) leave the batch, so the remaining ones run
-faster. Sampling draws from a private torch.Generator seeded per call: rollouts depend only on the
-seed and the weights, never on the global RNG.
+faster. Sampling draws from a private torch.Generator seeded per call: completions depend only on the
+seed and the weights, never on the global RNG. Greedy decoding (temperature 0) gives the same tokens
+as `model.generate(do_sample=False)`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -41,20 +44,28 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def _eos_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a completion: the tokenizer's EOS and the model config's / generation config's."""
+    found = [tokenizer.eos_token_id, getattr(model.config, "eos_token_id", None),
+             getattr(getattr(model, "generation_config", None), "eos_token_id", None)]
+    return sorted({e for x in found for e in (x if isinstance(x, list) else [x]) if e is not None})
+
+
 class HFGenerator:
-    """The default backend: the policy model itself (shares its weights, so `sync_weights` has nothing to do)."""
+    """The default backend: the model itself (shares its weights, so `sync_weights` has nothing to do).
+    `prompts_per_batch` prompts (each with its n samples) are decoded together."""
 
     def __init__(self, model, tokenizer, prompts_per_batch: int = 16):
-        self.model, self.tokenizer, self.prompts_per_batch = model, tokenizer, prompts_per_batch
-        eos = {tokenizer.eos_token_id, getattr(model.config, "eos_token_id", None)}
-        flat = {e for x in eos for e in (x if isinstance(x, list) else [x]) if e is not None}
-        self.eos_ids = torch.tensor(sorted(flat), dtype=torch.long)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else sorted(flat)[0]
+        self.model, self.tokenizer, self.prompts_per_batch = model, tokenizer, max(1, prompts_per_batch)
+        eos = _eos_ids(model, tokenizer)
+        self.eos_ids = torch.tensor(eos, dtype=torch.long)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
 
     def sync_weights(self) -> None:
         return None
 
-    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig, seed: int) -> list[Completion]:
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig, seed: int,
+                 on_progress: Callable[[int], None] | None = None) -> list[Completion]:
         sampling.validate()
         device = next(self.model.parameters()).device
         rng = torch.Generator(device=device).manual_seed(seed)
@@ -66,6 +77,8 @@ class HFGenerator:
                 chunk = prompt_ids[start:start + self.prompts_per_batch]
                 out += [Completion(c.prompt_index + start, c.token_ids, c.logprobs, c.text, c.finish_reason)
                         for c in self._generate_chunk(chunk, sampling, rng, device)]
+                if on_progress is not None:
+                    on_progress(start + len(chunk))
             return out
         finally:
             self.model.train(was_training)
@@ -73,30 +86,32 @@ class HFGenerator:
     @torch.no_grad()
     def _generate_chunk(self, prompts: list[list[int]], s: SamplingConfig, rng: torch.Generator,
                         device: torch.device) -> list[Completion]:
+        """Decode `s.n` samples per prompt. Tokens and logprobs go into preallocated [rows, max_new_tokens]
+        buffers; the only host sync per step is finding the rows still running (none when stop strings
+        are set: then the running rows' text is decoded each step too)."""
         ids, attn = _left_pad(prompts, self.pad_id, device)
         pos = positions(attn)
-        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
+        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
         cache.batch_repeat_interleave(s.n)          # prefill once, decode n samples per prompt
         logits = out.logits[:, -1].float().repeat_interleave(s.n, 0)
         attn, next_pos = attn.repeat_interleave(s.n, 0), pos[:, -1:].repeat_interleave(s.n, 0) + 1
         rows = len(prompts) * s.n
-        tokens: list[list[int]] = [[] for _ in range(rows)]
-        logps: list[list[float]] = [[] for _ in range(rows)]
-        reasons = ["length"] * rows
+        tokens = torch.full((rows, s.max_new_tokens), self.pad_id, dtype=torch.long, device=device)
+        logps = torch.zeros((rows, s.max_new_tokens), dtype=torch.float32, device=device)
+        lengths = torch.zeros(rows, dtype=torch.long, device=device)
+        stopped = torch.zeros(rows, dtype=torch.bool, device=device)
         active = torch.arange(rows, device=device)   # original row of each row still in the batch
         eos = self.eos_ids.to(device)
-        for _ in range(s.max_new_tokens):
+        for step in range(s.max_new_tokens):
             token, logp = self._sample(logits, s, rng)
+            tokens[active, step], logps[active, step] = token, logp
+            lengths[active] = step + 1
             done = torch.isin(token, eos)
-            for row, t, lp in zip(active.tolist(), token.tolist(), logp.tolist()):
-                tokens[row].append(t)
-                logps[row].append(lp)
             if s.stop:
-                done |= self._hit_stop(tokens, active, s.stop)
-            for row in active[done].tolist():
-                reasons[row] = "stop"
-            keep = (~done).nonzero().squeeze(1)
+                done |= self._hit_stop(tokens[active, :step + 1], s.stop)
+            stopped[active] = done
+            keep = (~done).nonzero().squeeze(1)       # the one sync of the step
             if keep.numel() == 0:
                 break
             if keep.numel() < active.numel():           # finished rows leave the batch
@@ -106,7 +121,7 @@ class HFGenerator:
             out = self.model(input_ids=token[:, None], attention_mask=attn, position_ids=next_pos,
                              past_key_values=cache, use_cache=True)
             logits, next_pos = out.logits[:, -1].float(), next_pos + 1
-        return [self._completion(i // s.n, tokens[i], logps[i], reasons[i], s.stop) for i in range(rows)]
+        return self._completions(tokens.tolist(), logps.tolist(), lengths.tolist(), stopped.tolist(), s)
 
     @staticmethod
     def _sample(logits: torch.Tensor, s: SamplingConfig, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,14 +134,19 @@ class HFGenerator:
         token = torch.multinomial(probs, 1, generator=rng).squeeze(1)
         return token, scaled.log_softmax(-1).gather(-1, token[:, None]).squeeze(1)
 
-    def _hit_stop(self, tokens: list[list[int]], active: torch.Tensor, stop: list[str]) -> torch.Tensor:
-        texts = [self.tokenizer.decode(tokens[row], skip_special_tokens=True) for row in active.tolist()]
-        return torch.tensor([any(x in t for x in stop) for t in texts], device=active.device)
+    def _hit_stop(self, tokens: torch.Tensor, stop: list[str]) -> torch.Tensor:
+        """Whether each row's text so far contains a stop string.  tokens [B,t] -> [B] bool."""
+        texts = self.tokenizer.batch_decode(tokens.tolist(), skip_special_tokens=True)
+        return torch.tensor([any(x in t for x in stop) for t in texts], device=tokens.device)
 
-    def _completion(self, prompt_index: int, ids: list[int], logps: list[float], reason: str,
-                    stop: list[str]) -> Completion:
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        for x in stop:
-            cut = text.find(x)
-            text = text[:cut] if cut >= 0 else text
-        return Completion(prompt_index, ids, logps, text, reason)  # type: ignore[arg-type]
+    def _completions(self, tokens: list[list[int]], logps: list[list[float]], lengths: list[int],
+                     stopped: list[bool], s: SamplingConfig) -> list[Completion]:
+        out = []
+        for row, (ids, lps, length, stop) in enumerate(zip(tokens, logps, lengths, stopped)):
+            ids, lps = ids[:length], lps[:length]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            for x in s.stop:
+                cut = text.find(x)
+                text = text[:cut] if cut >= 0 else text
+            out.append(Completion(row // s.n, ids, lps, text, "stop" if stop else "length"))
+        return out

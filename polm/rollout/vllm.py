@@ -1,6 +1,8 @@
-"""Rollouts with vLLM (optional, GPU): same Generator interface, weights copied from the policy before sampling."""
+"""Generation with vLLM (optional, GPU): same Generator interface, weights copied from the policy before sampling."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from polm.errors import require
 from polm.rollout.base import Completion, SamplingConfig
@@ -35,7 +37,8 @@ class VLLMGenerator:
         finally:
             self.model.unmerge_adapter()
 
-    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig, seed: int) -> list[Completion]:
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig, seed: int,
+                 on_progress: Callable[[int], None] | None = None) -> list[Completion]:
         sampling.validate()
         params = self._vllm.SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                                            top_k=sampling.top_k or -1, max_tokens=sampling.max_new_tokens,
@@ -49,4 +52,6 @@ class VLLMGenerator:
                 logps = [step[t].logprob for step, t in zip(c.logprobs, ids)]
                 reason = "stop" if c.finish_reason == "stop" else "length"
                 result.append(Completion(i, ids, logps, c.text, reason))
+        if on_progress is not None:
+            on_progress(len(prompt_ids))   # vLLM schedules all prompts at once: done all together
         return result

@@ -55,13 +55,13 @@ def test_chat_keeps_history_and_resets(tiny_model_dir, monkeypatch, capsys):
     import polm.chat
 
     seen: list[list[dict]] = []
-    real_generate = polm.chat.generate
+    real_generate_text = polm.chat.generate_text
 
-    def spy(model, tokenizer, prompts, settings):
+    def spy(generator, tokenizer, prompts, sampling, **kwargs):
         seen.append([dict(m) for m in prompts[0]])
-        return real_generate(model, tokenizer, prompts, settings)
+        return real_generate_text(generator, tokenizer, prompts, sampling, **kwargs)
 
-    monkeypatch.setattr(polm.chat, "generate", spy)
+    monkeypatch.setattr(polm.chat, "generate_text", spy)
     monkeypatch.setattr("sys.stdin", io.StringIO("What is 12 + 7?\nthanks\n/reset\nhello\n/exit\n"))
     assert main(["chat", "--model", str(tiny_model_dir), "--max-new-tokens", "5", "--system", "Be brief."]) == 0
     first_reply = reference_greedy(tiny_model_dir, "What is 12 + 7?", 5).strip()

@@ -15,8 +15,9 @@ def test_lora_steps_lower_the_loss_on_smollm2(tmp_path, all_threads):
     from transformers import AutoTokenizer
 
     from polm.config import load_config
-    from polm.generate import GenerationSettings, generate
     from polm.recipes.sft import SFTConfig, run_sft
+    from polm.rollout import HFGenerator, SamplingConfig
+    from polm.rollout.text import generate_text
 
     cfg = load_config(SFTConfig, None, [
         f"output_dir={tmp_path / 'run'}", "method=lora", "model.name=smollm2-135m-instruct",
@@ -31,8 +32,8 @@ def test_lora_steps_lower_the_loss_on_smollm2(tmp_path, all_threads):
     assert sum(losses[-3:]) / 3 < 0.7 * losses[0], losses
 
     prompts = ["Calculate 12 + 7.", "Calculate 40 - 13."]
-    settings = GenerationSettings(max_new_tokens=16)
+    greedy = SamplingConfig(n=1, max_new_tokens=16, temperature=0.0)
     tok = AutoTokenizer.from_pretrained(result["final_dir"])
-    before_save = generate(result["model"], tok, prompts, settings)
+    before_save = generate_text(HFGenerator(result["model"], tok), tok, prompts, greedy, seed=0)
     reloaded = AutoPeftModelForCausalLM.from_pretrained(result["final_dir"])
-    assert generate(reloaded, tok, prompts, settings) == before_save
+    assert generate_text(HFGenerator(reloaded, tok), tok, prompts, greedy, seed=0) == before_save

@@ -187,13 +187,16 @@ def test_onpolicy_pairs_need_a_verified_chosen_unless_asked(monkeypatch):
     import argparse
 
     import polm.generate
+    import polm.rollout
+    import polm.rollout.text
     import polm.verify
     from polm.data.cli import onpolicy_pairs
 
     samples = {"p1": ["right", "wrong", "wrong"], "p2": ["closer", "wrong", "wrong"], "p3": ["wrong"] * 3}
     scores = {"right": 1.0, "closer": 0.5, "wrong": 0.0}
     monkeypatch.setattr(polm.generate, "load_for_inference", lambda name: (None, None))
-    monkeypatch.setattr(polm.generate, "generate", lambda m, t, prompts, s: [samples[p] for p in prompts])
+    monkeypatch.setattr(polm.rollout, "build_generator", lambda backend, m, t, **kw: None)
+    monkeypatch.setattr(polm.rollout.text, "generate_text", lambda g, t, prompts, s, **kw: [samples[p] for p in prompts])
     monkeypatch.setattr(polm.verify, "score_response", lambda text, record: scores[text])
     records = [{"prompt": p, "answer": "x"} for p in samples]
     args = argparse.Namespace(model="m", data="d", max_new_tokens=8, temperature=0.8, num_samples=3, batch_size=4,

@@ -1,13 +1,12 @@
-"""The transformers rollout engine: agrees with HF generate, returns the true sampling logprobs, is seeded."""
+"""The transformers generation backend: agrees with HF generate, returns the true sampling logprobs, is seeded."""
 
-import sys
 
 import pytest
 import torch
 
 from polm.errors import PolmError
 from polm.ops import token_logprobs
-from polm.rollout import HFGenerator, SamplingConfig, build_generator
+from polm.rollout import HFGenerator, SamplingConfig
 from polm.rollout.hf import filter_logits
 
 PROMPTS = ["What is 12 + 7?", "Hello", "Calculate 5 - 3 - 6. The quick brown fox"]
@@ -15,6 +14,24 @@ PROMPTS = ["What is 12 + 7?", "Hello", "Calculate 5 - 3 - 6. The quick brown fox
 
 def _prompt_ids(tok):
     return [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+
+
+def _sharpen(model):
+    """The tiny model with weights x4: its greedy continuations vary with the context and position (the
+    random-init one mostly repeats the last token), so an unmasked pad or a wrong decode position shows
+    in the tokens (a constant per-row position offset would not: rotary attention is shift-invariant)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4)
+    return model
+
+
+def _hf_greedy(model, tok, max_new_tokens: int, eos_token_id):
+    tok.padding_side = "left"
+    enc = tok(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                         eos_token_id=eos_token_id)
+    return out[:, enc["input_ids"].shape[1]:].tolist()
 
 
 def test_greedy_matches_hf_generate_on_left_padded_prompts(tiny_llama, tiny_tokenizer):
@@ -91,12 +108,53 @@ def test_filter_logits_top_k_and_top_p_by_hand():
     assert filter_logits(logits, 0, 0.7).tolist() == [[2.0, 1.0, inf, inf]]
 
 
-def test_bad_settings_and_backend_are_explained(tiny_llama, tiny_tokenizer, monkeypatch):
-    monkeypatch.setitem(sys.modules, "vllm", None)     # as on a machine without vLLM
+def test_bad_settings_are_explained(tiny_llama, tiny_tokenizer):
     gen = HFGenerator(tiny_llama, tiny_tokenizer)
     with pytest.raises(PolmError, match="top_p"):
         gen.generate([[5]], SamplingConfig(top_p=0.0), seed=0)
-    with pytest.raises(PolmError, match="Did you mean 'hf'"):
-        build_generator("hff", tiny_llama, tiny_tokenizer)
-    with pytest.raises(PolmError, match="pip install"):
-        build_generator("vllm", tiny_llama, tiny_tokenizer, model_path="x")
+
+
+def test_greedy_matches_hf_generate_on_a_context_sensitive_model(tiny_llama, tiny_tokenizer):
+    """Left-padded prompts of different lengths, n = 3 per prompt: every sample is HF's greedy row."""
+    model = _sharpen(tiny_llama)
+    gen = HFGenerator(model, tiny_tokenizer)
+    gen.eos_ids = torch.tensor([-1])
+    ref = _hf_greedy(model, tiny_tokenizer, 10, None)
+    assert len({tuple(r) for r in ref}) == len(PROMPTS) and all(len(set(r)) > 3 for r in ref)
+    got = gen.generate(_prompt_ids(tiny_tokenizer), SamplingConfig(n=3, max_new_tokens=10, temperature=0.0), seed=0)
+    assert [c.token_ids for c in got] == [r for r in ref for _ in range(3)]
+    assert {c.finish_reason for c in got} == {"length"}
+
+
+def test_greedy_matches_hf_generate_when_rows_end_early(tiny_llama, tiny_tokenizer):
+    """A row that hits EOS leaves the batch; the others go on exactly as in HF generate (which pads
+    finished rows instead). Each completion is HF's row up to and including its first EOS."""
+    model = _sharpen(tiny_llama)
+    free = _hf_greedy(model, tiny_tokenizer, 10, None)
+    eos = free[1][3]                                    # the 4th token of prompt 1 ends it there
+    ref = _hf_greedy(model, tiny_tokenizer, 10, eos)
+    gen = HFGenerator(model, tiny_tokenizer, prompts_per_batch=2)   # also across two batches
+    gen.eos_ids = torch.tensor([eos])
+    got = gen.generate(_prompt_ids(tiny_tokenizer), SamplingConfig(n=2, max_new_tokens=10, temperature=0.0), seed=0)
+    want = [row[:row.index(eos) + 1] if eos in row else row for row in ref]
+    assert len(want[1]) <= 4 and any(len(w) == 10 for w in want)
+    assert [c.token_ids for c in got] == [w for w in want for _ in range(2)]
+    assert [c.finish_reason for c in got[::2]] == ["stop" if eos in w else "length" for w in want]
+
+
+def test_top_k_1_and_a_tiny_top_p_sample_the_greedy_tokens(tiny_llama, tiny_tokenizer):
+    """Both filters keep only the argmax, so sampling at any temperature must give the greedy tokens."""
+    model = _sharpen(tiny_llama)
+    gen = HFGenerator(model, tiny_tokenizer)
+    gen.eos_ids = torch.tensor([-1])
+    ids = _prompt_ids(tiny_tokenizer)
+    greedy = [c.token_ids for c in gen.generate(ids, SamplingConfig(n=2, max_new_tokens=8, temperature=0.0), 0)]
+    for filters in ({"top_k": 1}, {"top_p": 1e-6}):
+        sampled = gen.generate(ids, SamplingConfig(n=2, max_new_tokens=8, temperature=1.5, **filters), seed=4)
+        assert [c.token_ids for c in sampled] == greedy
+
+
+def test_eos_comes_from_tokenizer_model_and_generation_configs(tiny_llama, tiny_tokenizer):
+    tiny_llama.generation_config.eos_token_id = [2, 7]
+    tiny_llama.config.eos_token_id = 9
+    assert HFGenerator(tiny_llama, tiny_tokenizer).eos_ids.tolist() == [2, 7, 9]
