@@ -51,8 +51,9 @@ NOBODY = 65534
 
 # Runs in the child: reads the tests and the run's secret from stdin, confines the process with an
 # audit hook, runs the program, then the tests in their own namespace, and only then hands the secret
-# to the report pipe (see module docstring). Everything it needs lives in main()'s frame or the hook's
-# closure, which the program cannot reach: frame, gc and tracing introspection are refused.
+# to the report pipe (see module docstring). The secret lives only in the hook's closure; the tests and
+# their namespace only in main()'s frame, which the program cannot reach (frame, gc and tracing
+# introspection are refused, signal handlers and threads removed).
 HARNESS = r"""
 import builtins, os, sys, types
 import collections, copy, math, random, re, signal, string, threading, typing, _imp, _signal, _thread
@@ -198,13 +199,17 @@ def restore_modules(saved, modules):
 
 
 def exposed(namespace, pristine, saved):
-    # the program's names the tests may call: one that shadows a builtin stays the builtin, one named
-    # like a loaded module is that module, and functions are wrapped so a result that equals anything fails
+    # the program's names the tests may call: one that shadows a builtin stays the builtin, a non-function
+    # named like a loaded module (a fake `math`) is that module, and callables are wrapped so that a
+    # result that equals anything fails
     names = {}
     for k, v in namespace.items():
         if type(k) is not str or k.startswith("__") or k in pristine:
             continue
-        names[k] = saved[k][0] if k in saved else (refuse_equal_to_anything(v) if callable(v) else v)
+        if k in saved and type(v) is not types.FunctionType:
+            names[k] = saved[k][0]
+        else:
+            names[k] = refuse_equal_to_anything(v) if callable(v) else v
     return names
 
 

@@ -284,6 +284,8 @@ def test_honest_solutions_pass():
               "def add(a, b):\n    return functools.reduce(operator.add, [a, b], Box(0).v + Point(0, 0).x)\n")
     assert run_python(stdlib, tests=TESTS).passed
     assert run_python(RIGHT + "import sys\nprint('warn', file=sys.stderr)\n", tests=TESTS).passed
+    helper = "def copy(xs):\n    return list(xs)\n"            # a function named like a loaded module
+    assert run_python(helper, tests="assert copy((1, 2)) == [1, 2]\n").passed
 
 
 def test_a_failing_test_is_reported_with_its_traceback():
