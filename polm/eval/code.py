@@ -92,7 +92,9 @@ class HumanEvalTask(Task):
 
     def _score_item(self, item: dict, prompt: str, samples: list[str], chat: bool) -> dict:
         limits = Limits(timeout_s=self.timeout, memory_mb=self.memory_mb)
-        runs = [run_python(build_program(item, s, chat=chat), limits) for s in samples]
+        tests = f"{item['test']}\ncheck({item['entry_point']})\n"   # run by the sandbox, unseen by the program
+        runs = [run_python(build_program(item, s, chat=chat).removesuffix(tests), limits, tests=tests)
+                for s in samples]
         passed = sum(r.passed for r in runs)
         ks = sorted({1, len(samples)} | {k for k in (5, 10) if k <= len(samples)})
         return {"id": item["id"], "prompt": prompt, "samples": samples, "status": [r.status for r in runs],

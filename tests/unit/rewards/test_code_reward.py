@@ -1,5 +1,7 @@
-"""The code reward runs responses against tests in the sandbox; hostile code scores 0 and scoring goes on."""
+"""The code reward runs responses against tests in the sandbox; hostile code scores 0 and scoring goes on,
+and no trick in the sandbox's ESCAPES list earns a wrong solution a reward."""
 
+import importlib.util
 from pathlib import Path
 
 from polm.rewards import REWARDS, RewardSet
@@ -32,3 +34,26 @@ def test_hostile_code_is_stopped_rewarded_zero_and_scoring_continues(tmp_path):
     assert scores.per_reward["code"] == [0.0, 0.0, 0.0, 0.0, 1.0]
     assert scores.failures == {"code": 0}        # a sandboxed failure is a 0 score, not a broken reward
     assert not Path(target).exists()
+
+
+def _sandbox_escapes():
+    """tests/unit/test_sandbox.py's ESCAPES and TESTS (one list of tricks for the sandbox and the reward)."""
+    spec = importlib.util.spec_from_file_location("sandbox_escapes", Path(__file__).parents[1] / "test_sandbox.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_no_sandbox_escape_earns_a_reward():
+    escapes = _sandbox_escapes()
+    fn = REWARDS.get("code")
+    completions = [_reply(program) for _, program in escapes.ESCAPES] + [_reply(escapes.RIGHT)]
+    scores = fn(completions, [{"tests": escapes.TESTS}] * len(completions), timeout_s=3.0)
+    assert scores == [0.0] * len(escapes.ESCAPES) + [1.0]
+
+
+def test_an_early_exit_scores_zero():
+    fn = REWARDS.get("code")
+    wrong = "def add(a, b):\n    return a - b\n"
+    exits = [wrong + "import sys\nsys.exit(0)", wrong + "import os\nos._exit(0)", wrong + "raise SystemExit"]
+    assert fn([_reply(code) for code in exits], [{"tests": TESTS}] * 3, timeout_s=10) == [0.0, 0.0, 0.0]
