@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from polm.rewards import reward
+from polm.rewards.base import reward
 from polm.verify import score_response
 
 
@@ -38,6 +38,3 @@ def length_penalty(completions: list[str], records: list[dict], max_chars: int =
     start = max_chars - soft_chars
     return [-min(1.0, max(0, len(c) - start) / max(soft_chars, 1)) for c in completions]
 
-
-from polm.rewards import code as _code  # noqa: E402,F401  (registers `code`)
-from polm.rewards import models as _models  # noqa: E402,F401  (registers `reward_model`, `judge`)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from polm.eval.code import extract_code
-from polm.rewards import reward
+from polm.rewards.base import reward
 from polm.sandbox import Limits, run_python
 
 

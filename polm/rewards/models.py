@@ -8,7 +8,7 @@ import torch
 
 from polm.data.templating import prompt_of
 from polm.errors import PolmError
-from polm.rewards import reward
+from polm.rewards.base import reward
 
 JUDGE_TEMPLATE = """Rate the assistant response to the user prompt on a scale from 0 (worst) to 9 (best).
 Rubric: {rubric}

@@ -77,12 +77,12 @@ def test_the_task_runs_tests_apart_from_the_program_and_early_exits_fail(problem
     """Scoring passes the tests to the sandbox separately: canonical solutions pass, and a completion
     that exits (status 0) before the tests run scores 0, as in the official HumanEval harness."""
     for item in problems[:6]:
-        [record] = HumanEvalTask().evaluate(ScriptedCoder([item["canonical_solution"]]), [item], EvalSettings())
+        [record] = evaluate_task(HumanEvalTask(), ScriptedCoder([item["canonical_solution"]]), [item], EvalSettings())
         assert record["status"] == ["passed"], item["id"]
     item = problems[2]
     exits = ["    return None\nimport sys\nsys.exit(0)\n", "    return None\nimport os\nos._exit(0)\n",
              "    raise SystemExit(0)\n"]
-    [record] = HumanEvalTask().evaluate(ScriptedCoder([item["canonical_solution"], *exits]), [item],
+    [record] = evaluate_task(HumanEvalTask(), ScriptedCoder([item["canonical_solution"], *exits]), [item],
                                         EvalSettings(mode="self-consistency", samples=4))
     assert record["status"] == ["passed", "failed", "failed", "failed"]
     assert record["metrics"]["pass@1"] == pytest.approx(0.25)
