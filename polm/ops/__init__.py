@@ -10,7 +10,6 @@ from polm.ops.logprobs import (
     masked_mean,
     masked_sum,
     model_logprobs,
-    sequence_logprobs,
     token_logprobs,
 )
 
@@ -24,6 +23,5 @@ __all__ = [
     "masked_mean",
     "masked_sum",
     "model_logprobs",
-    "sequence_logprobs",
     "token_logprobs",
 ]

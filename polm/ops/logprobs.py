@@ -433,9 +433,3 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
     """lse(z) - Σ softmax(z)·z per position: [B,K,V] -> [B,K] (the logits path of `model_logprobs`)."""
     z = logits.float()
     return z.logsumexp(-1) - (z.softmax(-1) * z).sum(-1)
-
-
-def sequence_logprobs(model: nn.Module, batch: dict, chunk_size: int | None = 1024) -> torch.Tensor:
-    """Σ_t log p(target_t) per row: [B]. Used by preference losses (DPO: log π(y|x))."""
-    targets = causal_targets(batch["labels"], batch.get("position_ids"))
-    return model_logprobs(model, _model_inputs(batch), targets, chunk_size).logprobs.sum(-1)

@@ -15,7 +15,7 @@ from polm.ops import (
     chunked_cross_entropy,
     masked_mean,
     masked_sum,
-    sequence_logprobs,
+    model_logprobs,
     token_logprobs,
 )
 from polm.ops.logprobs import _plain_head
@@ -250,10 +250,17 @@ def test_causal_lm_loss_respects_logit_softcapping():
     torch.testing.assert_close(chunked, plain, atol=1e-5, rtol=1e-5)
 
 
-def test_sequence_logprobs_sums_target_tokens_per_row(tiny_llama):
+def row_logprobs(model, batch: dict, chunk_size: int | None) -> torch.Tensor:
+    """Σ_t log p(target_t) per row [B], as DPO's log π(y|x) takes it from `model_logprobs`."""
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    return model_logprobs(model, inputs, causal_targets(batch["labels"], batch.get("position_ids")),
+                          chunk_size).logprobs.sum(-1)
+
+
+def test_model_logprobs_sums_target_tokens_per_row(tiny_llama):
     batch = _padded_batch(tiny_llama.config.vocab_size)
     with torch.no_grad():
-        out = sequence_logprobs(tiny_llama, batch, chunk_size=7)
+        out = row_logprobs(tiny_llama, batch, chunk_size=7)
         logits = tiny_llama(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     expected = plain_logprobs(logits, causal_targets(batch["labels"])).sum(-1)
     assert out.shape == (3,)
@@ -262,7 +269,7 @@ def test_sequence_logprobs_sums_target_tokens_per_row(tiny_llama):
 
 @pytest.mark.parametrize("make_batch", [_padded_batch, _packed_batch])
 @pytest.mark.parametrize("lora", [False, True])
-def test_sequence_logprobs_fused_head_equals_logits_path(tiny_llama, make_batch, lora):
+def test_model_logprobs_fused_head_equals_logits_path(tiny_llama, make_batch, lora):
     """DPO's log π(y|x): the hidden-state path (no [B,T,V] logits) gives the logits path's values and
     gradients, for full fine-tuning (the tied head gets its gradient) and LoRA."""
     model = tiny_llama.train()
@@ -276,7 +283,7 @@ def test_sequence_logprobs_fused_head_equals_logits_path(tiny_llama, make_batch,
     for chunk_size in (4, None):
         model.zero_grad()
         with LargestTensor() as probe:   # the forward: the [B,T,V] logits would be its largest tensor
-            out = sequence_logprobs(model, batch, chunk_size=chunk_size)
+            out = row_logprobs(model, batch, chunk_size=chunk_size)
         (out * torch.linspace(-1.0, 2.0, out.shape[0])).sum().backward()   # a DPO-like weighting of rows
         results.append((out.detach(), probe.largest,
                         {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
