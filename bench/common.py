@@ -1,5 +1,5 @@
-"""Shared helpers for polm's side-by-side benchmarks (see BENCHMARKS.md): the machine, fresh-process
-workers with their peak memory, the matmul peak for utilisation, and the alternating A/B runner.
+"""Shared helpers for polm's side-by-side benchmarks (see BENCHMARKS.md): the machine and its load, fresh-process
+workers with their peak memory (whole process, or one block alone), the matmul peak, the alternating A/B runner.
 
 A bench script imports this as `common` (running `python bench/x.py` puts bench/ on sys.path) and
 re-runs itself as a worker: `python bench/x.py --worker SPEC.json --result OUT.json`.
@@ -7,16 +7,21 @@ re-runs itself as a worker: `python bench/x.py --worker SPEC.json --result OUT.j
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import platform
+import re
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -56,14 +61,39 @@ def package_versions(names: Sequence[str]) -> dict[str, str | None]:
     return out
 
 
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(names: Sequence[str] = CPU_FLAGS) -> dict[str, bool]:
+    """Which of `names` /proc/cpuinfo lists: whether bf16 matmuls have hardware support (avx512_bf16, amx_bf16)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    present = set(line.split(":", 1)[-1].split())
+    return {name: name in present for name in names}
+
+
+def load_avg_1m() -> float:
+    """The 1-minute load average: how busy the machine was (compare it with `cores`)."""
+    return round(os.getloadavg()[0], 2)
+
+
+def command_line(script: str | Path, argv: Sequence[str] | None = None) -> str:
+    """How this run was started, as one would retype it: `python bench/<script> <args>`."""
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join(["python", f"bench/{Path(script).name}", *map(shlex.quote, args)])
+
+
 def machine_description(device: str = "cpu", packages: Sequence[str] = ("torch", "transformers", "peft")) -> dict:
-    """What the numbers were measured on: CPU model, cores, memory, load, GPU name, package versions."""
+    """What the numbers were measured on: CPU model and flags, cores, memory, load, GPU name, package versions."""
     import torch
 
     desc: dict[str, Any] = {
-        "cpu": cpu_model(), "cores": usable_cores(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": usable_cores(), "torch_threads": torch.get_num_threads(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
+        "load_avg_1m_at_start": load_avg_1m(),
         "python": platform.python_version(), "platform": platform.platform(),
         "versions": package_versions(packages),
     }
@@ -75,10 +105,163 @@ def machine_description(device: str = "cpu", packages: Sequence[str] = ("torch",
 
 # --- one measurement per fresh process ---------------------------------------------------------------
 
+_PEAK_BEFORE_RESET_MIB = 0.0   # the process's peak before a PeakRss reset it (the reset also clears ru_maxrss)
+
+
 def peak_rss_mib() -> float:
-    """Peak resident set size of THIS process so far, MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """Peak resident set size of THIS process so far, MiB (ru_maxrss is KiB on Linux, bytes on macOS),
+    including any peak from before a `PeakRss` block reset the kernel's high-water mark."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+    return max(peak / 2**20 if sys.platform == "darwin" else peak / 2**10, _PEAK_BEFORE_RESET_MIB)
+
+
+def memory_status_mib(text: str | None = None) -> dict[str, float]:
+    """VmRSS, VmHWM, RssAnon, RssFile of this process from /proc/self/status, MiB ({} off Linux).
+
+    RssFile counts pages of mapped files (e.g. safetensors read through mmap), which the kernel can drop
+    and re-read; RssAnon is memory the process allocated itself.
+    """
+    if text is None:
+        try:
+            text = Path("/proc/self/status").read_text()
+        except OSError:
+            return {}
+    found = re.findall(r"^(VmRSS|VmHWM|RssAnon|RssFile):\s+(\d+) kB", text, flags=re.M)
+    return {key: int(kib) / 1024 for key, kib in found}
+
+
+def reset_peak_rss() -> bool:
+    """Set the kernel's peak-RSS mark (VmHWM, and ru_maxrss with it) to the current RSS: write "5" to
+    /proc/self/clear_refs (Linux >= 4.0). The peak so far is kept for `peak_rss_mib`. False if not possible."""
+    global _PEAK_BEFORE_RESET_MIB
+    before = peak_rss_mib()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    _PEAK_BEFORE_RESET_MIB = max(_PEAK_BEFORE_RESET_MIB, before)
+    return True
+
+
+class PeakRss:
+    """The peak resident memory of one block of code alone, and of named phases inside it:
+
+        mem = PeakRss()
+        merge = mem.wrap("merge", merge)          # a function the block calls: a phase
+        with mem:
+            run()
+        mem.as_dict()   # {"rss_before_mib", "peak_mib", "peak_delta_mib", ..., "phases": [{"name", ...}]}
+
+    `peak_mib` is the kernel's high-water mark (VmHWM) after resetting it at entry (`reset_peak_rss`), so
+    nothing before the block (imports, loading) can set it; each phase resets it again at its start and
+    reads it at its end (the block's peak is the highest of all readings), so a phase's `peak_delta_mib`
+    is what that phase added over the RSS it started from. Where the reset is not possible the peaks are
+    sampled maxima instead (`method` says which). A thread samples VmRSS every `interval_s`: when the
+    sampled peak happened and how it splits into anonymous memory and mapped-file pages (a sampler can
+    miss a peak shorter than its interval; VmHWM cannot). Phases run one at a time, never nested.
+    """
+
+    def __init__(self, interval_s: float = 0.01):
+        self.interval_s = interval_s
+        self.phases: list[dict[str, Any]] = []
+        self.result: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._timeline: list[tuple[float, dict[str, float]]] = []
+        self._started, self._high, self._reset = 0.0, 0.0, False
+        self._active, self._in_phase = False, False
+
+    def __enter__(self) -> PeakRss:
+        self._reset = reset_peak_rss()
+        self._before = memory_status_mib()
+        self._started, self._active = time.perf_counter(), True
+        self._sample()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._sample()
+        self._fold()
+        self._active = False
+        seconds = time.perf_counter() - self._started
+        before = self._before.get("VmRSS", float("nan"))
+        best_at, best = self._sampled_peak(0.0, seconds)
+        peak = self._high if self._reset else best.get("VmRSS", float("nan"))
+        self.result = {
+            "rss_before_mib": round(before, 1), "peak_mib": round(peak, 1), "peak_delta_mib": round(peak - before, 1),
+            "rss_after_mib": round(memory_status_mib().get("VmRSS", float("nan")), 1),
+            "method": "VmHWM after clear_refs reset" if self._reset else "sampled VmRSS",
+            "sampled_peak_mib": round(best.get("VmRSS", float("nan")), 1), "sampled_peak_at_s": round(best_at, 3),
+            "anon_at_sampled_peak_mib": round(best.get("RssAnon", float("nan")), 1),
+            "file_at_sampled_peak_mib": round(best.get("RssFile", float("nan")), 1),
+            "samples": len(self._timeline), "seconds": round(seconds, 3), "phases": list(self.phases)}
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.result)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Measure the code inside as phase `name` (inside the block, not inside another phase)."""
+        if not self._active or self._in_phase:
+            raise RuntimeError(f"PeakRss phase '{name}' must run inside the block and not inside another phase")
+        self._fold()
+        if self._reset:
+            reset_peak_rss()
+        start, t0 = memory_status_mib(), time.perf_counter() - self._started
+        self._in_phase = True
+        try:
+            yield
+        finally:
+            self._in_phase = False
+            t1 = time.perf_counter() - self._started
+            self._sample()
+            hwm = self._fold()
+            _, best = self._sampled_peak(t0, t1)
+            peak = hwm if self._reset else best.get("VmRSS", float("nan"))
+            rss0 = start.get("VmRSS", float("nan"))
+            self.phases.append({
+                "name": name, "start_s": round(t0, 3), "seconds": round(t1 - t0, 3), "rss_start_mib": round(rss0, 1),
+                "peak_mib": round(peak, 1), "peak_delta_mib": round(peak - rss0, 1),
+                "anon_at_sampled_peak_mib": round(best.get("RssAnon", float("nan")), 1),
+                "file_at_sampled_peak_mib": round(best.get("RssFile", float("nan")), 1)})
+
+    def wrap(self, name: str, fn: Callable) -> Callable:
+        """fn, each call of it measured as phase `name`."""
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with self.phase(name):
+                return fn(*args, **kwargs)
+        return wrapper
+
+    def wrap_iter(self, name: str, fn: Callable) -> Callable:
+        """A generator function, its whole iteration measured as phase `name`."""
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with self.phase(name):
+                yield from fn(*args, **kwargs)
+        return wrapper
+
+    def _fold(self) -> float:
+        """Read VmHWM and keep the highest reading since entry."""
+        hwm = memory_status_mib().get("VmHWM", float("nan"))
+        self._high = max(self._high, hwm)
+        return hwm
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def _sample(self) -> None:
+        self._timeline.append((time.perf_counter() - self._started, memory_status_mib()))
+
+    def _sampled_peak(self, t0: float, t1: float) -> tuple[float, dict[str, float]]:
+        """(time, status) of the highest sampled VmRSS in [t0, t1] ({} if no sample fell there)."""
+        window = [(t, st) for t, st in list(self._timeline) if t0 <= t <= t1 and "VmRSS" in st]
+        return max(window, key=lambda x: x[1]["VmRSS"]) if window else (t0, {})
 
 
 def run_worker(script: Path, spec: dict, timeout_s: float = 1800, env: dict[str, str] | None = None) -> dict:
@@ -133,8 +316,8 @@ class StepClock:
 
 # --- the physical limit ------------------------------------------------------------------------------
 
-def matmul_peak_flops(device: str = "cpu", n: int | None = None, repeats: int = 5) -> dict:
-    """Best-of-`repeats` rate of one n×n @ n×n matmul (2n³ FLOPs): fp32 on CPU, bf16 on CUDA.
+def matmul_peak_flops(device: str = "cpu", n: int | None = None, repeats: int = 5, dtype: str | None = None) -> dict:
+    """Best-of-`repeats` rate of one n×n @ n×n matmul (2n³ FLOPs): fp32 on CPU, bf16 on CUDA (or `dtype`).
 
     This is the machine's practical ceiling, measured in the same run: the denominator of model
     FLOPs utilisation (MFU). On CPU it is also given per CPU-second (`flops_per_cpu_s`, the rate of
@@ -145,7 +328,7 @@ def matmul_peak_flops(device: str = "cpu", n: int | None = None, repeats: int = 
 
     cuda = device.startswith("cuda")
     n = n or (8192 if cuda else 2048)
-    dtype = torch.bfloat16 if cuda else torch.float32
+    dtype = getattr(torch, dtype) if dtype else torch.bfloat16 if cuda else torch.float32
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
     wall, cpu = float("inf"), float("inf")
@@ -166,11 +349,16 @@ def matmul_peak_flops(device: str = "cpu", n: int | None = None, repeats: int = 
 
 # --- alternating A/B trials --------------------------------------------------------------------------
 
+def alternation_order(names: Sequence[str], repeats: int) -> list[tuple[int, str]]:
+    """(round, name) in the order trials run: A B, B A, A B, … (each round reversed from the one before,
+    so neither side always follows the other, and every side runs once per round)."""
+    return [(r, name) for r in range(repeats) for name in (names if r % 2 == 0 else list(names)[::-1])]
+
+
 def alternate(trials: dict[str, Callable[[], dict]], repeats: int,
               warmups: dict[str, Callable[[], dict]] | None = None,
               log: Callable[[str], None] = print) -> tuple[dict[str, list[dict]], dict[str, dict]]:
-    """Run each warm-up once (its result is not measured), then `repeats` rounds of A B …, the order of
-    the round reversed every other time (A B, B A, A B, …) so neither side always follows the other.
+    """Run each warm-up once (its result is not measured), then `repeats` rounds in `alternation_order`.
 
     A warm-up may be a cheaper call than its trial (fewer steps): it only has to bring code and
     weights into the page cache. Returns ({name: [result of each round]}, {name: warm-up result}).
@@ -179,17 +367,34 @@ def alternate(trials: dict[str, Callable[[], dict]], repeats: int,
     for name, fn in (warmups or {}).items():
         log(f"warm-up: {name}")
         warmed[name] = fn()
-    names = list(trials)
-    results: dict[str, list[dict]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            log(f"round {r + 1}/{repeats}: {name}")
-            results[name].append(trials[name]())
+    results: dict[str, list[dict]] = {name: [] for name in trials}
+    for r, name in alternation_order(list(trials), repeats):
+        log(f"round {r + 1}/{repeats}: {name}")
+        results[name].append(trials[name]())
     return results, warmed
+
+
+def alternate_workers(script: Path, specs: dict[str, dict], repeats: int,
+                      warmups: dict[str, dict] | None = None, env: dict[str, str] | None = None,
+                      log: Callable[[str], None] = print, timeout_s: float = 1800) -> tuple[dict, dict]:
+    """`alternate` over fresh worker processes: each side's spec (and warm-up spec) run by `run_worker`."""
+    def runner(spec: dict) -> Callable[[], dict]:
+        return lambda: run_worker(script, spec, timeout_s=timeout_s, env=env)
+
+    return alternate({name: runner(spec) for name, spec in specs.items()}, repeats,
+                     {name: runner(spec) for name, spec in warmups.items()} if warmups else None, log)
 
 
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
+
+
+def spread(values: Sequence[float]) -> dict[str, Any]:
+    """{"median", "min", "max", "values"} of one figure over repeats (NaN for no values)."""
+    vals = [float(v) for v in values]
+    nan = float("nan")
+    return {"median": median(vals), "min": min(vals) if vals else nan, "max": max(vals) if vals else nan,
+            "values": vals}
 
 
 # --- output ------------------------------------------------------------------------------------------

@@ -1,22 +1,22 @@
 """polm DPO vs TRL `DPOTrainer` on the embedded SmolLM2-135M-Instruct with LoRA (r16, alpha32, all 7 projections).
 
-    python bench/dpo_vs_trl.py --quick --threads 1   # 3 steps of 4 pairs, one round (~1.5 min on 2 busy CPU cores)
-    python bench/dpo_vs_trl.py                       # the recorded run (docs/performance.md)
+    python bench/dpo_vs_trl.py --quick --threads 1   # 3 steps of 4 pairs, one round, no warm-up (a smoke run)
+    python bench/dpo_vs_trl.py                       # the recorded run: both pairs, warm-up + 3 rounds
     python bench/dpo_vs_trl.py --device cuda
-    python bench/dpo_vs_trl.py --sides polm-precompute,polm-onthefly,trl,trl-precompute
+    python bench/dpo_vs_trl.py --pairs precompute    # one like-for-like pair only
 
-Goal: with `reference.mode=precompute`, polm's optimizer step takes <= 0.6x TRL's step time (TRL with
-its defaults: the reference is the base with adapters disabled, one extra forward per step) and its
-peak memory is no larger than TRL's, with the same losses.
+Compared like for like, two pairs (the headline is one ratio per pair, never precompute vs on-the-fly):
+  precompute  polm `reference.mode=precompute` (`build_reference`: reference log-probs computed once,
+              adapters disabled, before training)  vs  TRL `precompute_ref_log_probs=True` (its pass runs
+              inside `DPOTrainer(...)`; the parameter hash it takes for the pass's cache key is timed with it).
+              Headline: step time WITH the pass amortised, step_s + precompute_s / steps, on both sides.
+  onthefly    polm `reference.mode=adapter` (every step also runs the base with adapters disabled)  vs
+              TRL's default (no precompute). Headline: step time.
+Sides: polm-precompute, trl-precompute, polm-onthefly, trl; each trial a fresh process (its peak RSS is that
+trial's memory); one short warm-up trial per side, then rounds in alternating order (A B C D, D C B A, ...).
 
-Sides, each a fresh process per trial (its peak RSS is that trial's memory), alternated after a warm-up:
-  polm-precompute  reference log-probs computed once before training (`build_reference`, adapters
-                   disabled), so a step runs no reference forward; the pass's own time is reported
-                   apart, and amortised over the run (precompute seconds / steps)
-  polm-onthefly    `reference.mode=adapter`: every step also runs the base with adapters disabled
-  trl              `DPOTrainer` with its defaults (no precompute; `padding_free` is unavailable in TRL
-                   1.16 and falls back to padding), except those set for identical work below
-  trl-precompute   (opt-in) TRL with `precompute_ref_log_probs=True`
+Goal (docs/performance.md): polm no slower than TRL in either pair (ratio <= 1.0, the precompute pass
+counted), no more peak memory, and the same first-step loss.
 
 Both sides get the SAME pairs, built without sampling a model: reasoning-gym arithmetic prompts, chosen =
 the worked reference answer, rejected = the same answer with a wrong final number (polm's `references`
@@ -24,14 +24,18 @@ builder, `polm data preferences references --perturb wrong-number`). The records
 (prompt = one user turn, chosen / rejected = one assistant turn) and each side applies SmolLM2's chat
 template itself; the script checks that the token ids agree and reports which target tokens differ.
 Same LoRA, AdamW, lr, cosine schedule, clipping, beta = 0.1, batch, max length, steps, seed and data
-order (no shuffling), fp32 on CPU (bf16 autocast on CUDA), no gradient checkpointing on either side.
-polm runs its DPO recipe's own pieces (`prepare_data`, `make_collate`, `build_reference`, `make_step`,
-the shared loop); TRL runs `DPOTrainer.train()`.
+order (no shuffling), fp32 on CPU (bf16 autocast on CUDA), no gradient checkpointing on either side, and
+the same number of sequences per forward in the precompute pass (TRL's `precompute_ref_batch_size`, in
+pairs, is set to polm's `reference.batch_size` / 2). `padding_free` is unavailable in TRL 1.16 (falls back
+to padding). polm runs its DPO recipe's own pieces (`prepare_data`, `make_collate`, `build_reference`,
+`make_step`, the shared loop); TRL runs `DPOTrainer.train()`.
 
-Reported per side: median wall and CPU seconds per optimizer step over steps 2..N (step 1 pays one-off
-allocation), peak memory, the first-step loss (with LoRA's B = 0 the policy IS the reference at step 1,
-so every side must give log 2) and the step-1 policy log-probs of chosen / rejected, which do depend on
-each side's tokenization. Writes bench/results/dpo_vs_trl.json (_quick.json with --quick).
+Reported per side: median (min-max over rounds) wall and CPU seconds per optimizer step over steps 2..N
+(step 1 pays one-off allocation), the precompute pass and its per-step share, peak memory, the first-step
+loss (with LoRA's B = 0 the policy IS the reference at step 1, so every side must give log 2) and the
+step-1 policy log-probs of chosen / rejected, which do depend on each side's tokenization. The JSON
+records the command, machine, load average at start and end, versions and every TRL option set.
+Writes bench/results/dpo_vs_trl.json (_quick.json with --quick).
 """
 
 from __future__ import annotations
@@ -53,8 +57,8 @@ SCRIPT = Path(__file__).resolve()
 MODEL = "smollm2-135m-instruct"
 DATA = "builtin:reasoning-gym/basic_arithmetic?seed=11&min_terms=2&max_terms=2"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-SIDES = ("polm-precompute", "polm-onthefly", "trl")
-KNOWN_SIDES = (*SIDES, "trl-precompute")
+# pair -> (polm side, TRL side doing the same work); the headline is one ratio per pair
+PAIRS = {"precompute": ("polm-precompute", "trl-precompute"), "onthefly": ("polm-onthefly", "trl")}
 
 
 @dataclass
@@ -77,7 +81,7 @@ class Settings:
     lora_targets: list = field(default_factory=lambda: list(TARGETS))
     seed: int = 0
     loss_chunk_size: int = 1024      # polm's chunked log-probs (its DPO default)
-    ref_batch_size: int = 8          # sequences per forward in polm's precompute pass (its default)
+    ref_batch_size: int = 8          # sequences per forward in the precompute pass (polm's default; TRL: /2 pairs)
     repeats: int = 3
     warmup: bool = True              # one short warm-up trial per side before the measured rounds
     warmup_steps_per_trial: int = 1  # a warm-up only brings code and weights into the page cache
@@ -228,11 +232,17 @@ def run_polm(spec: dict) -> dict:
 
 def trl_options(s: Settings, precompute: bool) -> dict:
     """The DPOConfig options this bench sets beyond the shared hyperparameters (recorded in the JSON)."""
-    return {"precompute_ref_log_probs": precompute, "precompute_ref_batch_size": None, "padding_free": False,
+    return {"precompute_ref_log_probs": precompute,
+            "precompute_ref_batch_size": trl_ref_batch_size(s) if precompute else None, "padding_free": False,
             "gradient_checkpointing": False, "use_liger_kernel": False, "loss_type": ["sigmoid"],
             "disable_dropout": True, "max_length": s.max_length, "truncation_mode": "keep_start",
             "pad_to_multiple_of": "auto (no padding to a multiple on CPU/CUDA)",
             "train_sampling_strategy": "sequential"}
+
+
+def trl_ref_batch_size(s: Settings) -> int:
+    """TRL's precompute batch in pairs (each pair is 2 sequences): as many sequences per forward as polm."""
+    return max(1, s.ref_batch_size // 2)
 
 
 def _trl_args(spec: dict, s: Settings, out_dir: str):
@@ -247,7 +257,7 @@ def _trl_args(spec: dict, s: Settings, out_dir: str):
         bf16=common.precision_for(device) == "bf16", use_cpu=not device.startswith("cuda"),
         # DPOConfig turns gradient checkpointing on by default; polm's default is off, and both must do the same work
         gradient_checkpointing=False, max_length=s.max_length,
-        precompute_ref_log_probs=spec["side"] == "trl-precompute",
+        precompute_ref_log_probs=spec["side"] == "trl-precompute", precompute_ref_batch_size=trl_ref_batch_size(s),
         train_sampling_strategy="sequential", seed=s.seed, data_seed=s.seed, logging_steps=1,
         save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0,
     )
@@ -260,6 +270,7 @@ def run_trl(spec: dict) -> dict:
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOTrainer
+    from trl.trainer import dpo_trainer
 
     s, device = Settings(**spec["settings"]), spec["device"]
     pairs = [json.loads(line) for line in Path(spec["pairs_path"]).read_text().splitlines()]
@@ -284,18 +295,20 @@ def run_trl(spec: dict) -> dict:
             _sync(device)
             clock.finish()
 
-    original = DPOTrainer._precompute_ref_logps
+    def timed(fn):   # TRL runs the pass inside DPOTrainer(...): time its calls alone, added to precompute_s
+        def wrapper(*args, **kwargs):
+            _sync(device)
+            wall, cpu = time.perf_counter(), time.process_time()
+            out = fn(*args, **kwargs)
+            _sync(device)
+            precompute["precompute_s"] += time.perf_counter() - wall
+            precompute["precompute_cpu_s"] += time.process_time() - cpu
+            return out
+        return wrapper
 
-    def timed_precompute(self, *args, **kwargs):   # TRL runs the pass inside DPOTrainer(...): time that call alone
-        _sync(device)
-        wall, cpu = time.perf_counter(), time.process_time()
-        out = original(self, *args, **kwargs)
-        _sync(device)
-        precompute["precompute_s"] += time.perf_counter() - wall
-        precompute["precompute_cpu_s"] += time.process_time() - cpu
-        return out
-
-    DPOTrainer._precompute_ref_logps = timed_precompute
+    DPOTrainer._precompute_ref_logps = timed(DPOTrainer._precompute_ref_logps)
+    # the parameter hash keys TRL's precompute cache; it is taken only with precompute_ref_log_probs=True
+    dpo_trainer.hash_module = timed(dpo_trainer.hash_module)
     with tempfile.TemporaryDirectory(prefix="polm-bench-trl-") as out_dir:
         trainer = DPOTrainer(model=model, args=_trl_args(spec, s, out_dir), train_dataset=Dataset.from_list(rows),
                              processing_class=tokenizer, peft_config=peft_config, callbacks=[Clock()])
@@ -356,7 +369,8 @@ def useful_flops(trial: dict, steps: list[dict]) -> float:
 
 def summarize_side(trials: list[dict], steps: list[dict], peak: dict, device: str) -> dict:
     """Medians over trials of: wall and CPU seconds per step (steps 2..N), MFU, peak memory, RSS when
-    training started, and the precompute pass (0 where a side has none) with its per-step share."""
+    training started, and the precompute pass (0 where a side has none) with its per-step share; min-max
+    over trials in `spread`, and every trial's figures in `trials`."""
     cuda, n = device.startswith("cuda"), len(steps)
     flops = useful_flops(trials[0], steps)
     per_trial = []
@@ -370,49 +384,68 @@ def summarize_side(trials: list[dict], steps: list[dict], peak: dict, device: st
             "rss_at_train_start_mib": t["rss_at_train_start_mib"],
             "precompute_s": t["precompute_s"], "precompute_per_step_s": t["precompute_s"] / n,
             "step_s_with_precompute": step_s + t["precompute_s"] / n})
-    return {key: common.median([p[key] for p in per_trial]) for key in per_trial[0]} | {"trials": per_trial}
+    medians = {key: common.median([p[key] for p in per_trial]) for key in per_trial[0]}
+    spreads = {key: common.spread([p[key] for p in per_trial])
+               for key in ("step_s", "step_cpu_s", "step_s_with_precompute", "precompute_s", "memory_mib")}
+    return medians | {"spread": spreads, "trials": per_trial}
 
 
-def check_same_work(rounds: dict[str, list[dict]], base: str = "trl") -> dict:
-    """Per side, against TRL: first-step loss (log 2 on every side) and its difference, step-1 policy
-    log-probs of chosen / rejected, and the largest relative loss difference over the run."""
-    ref = rounds[base][0]
-    out = {"log2": math.log(2)}
+def sides_of(pairs: list[str]) -> list[str]:
+    """The sides to run for these pairs, each polm side next to its TRL partner."""
+    return [side for pair in pairs for side in PAIRS[pair]]
+
+
+def check_precompute_ran(rounds: dict[str, list[dict]]) -> None:
+    """A precompute side whose pass took no time read a cache: its step time would leave the pass out."""
+    for side, trials in rounds.items():
+        if side.endswith("precompute") and any(t["precompute_s"] <= 0 for t in trials):
+            raise RuntimeError(f"{side}: a trial reports no precompute pass (a cached result?); "
+                               "every trial must run the pass itself")
+
+
+def check_same_work(rounds: dict[str, list[dict]]) -> dict:
+    """Every side's first-step loss against log 2; per pair, polm against its TRL partner: first-step loss,
+    step-1 policy log-probs of chosen / rejected, and the largest relative loss difference over the run."""
+    out: dict = {"log2": math.log(2)}
     for side, trials in rounds.items():
         t = trials[0]
-        diffs = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(t["losses"], ref["losses"])]
-        out[side] = {"first_loss": t["losses"][0], "first_loss_diff_vs_trl": t["losses"][0] - ref["losses"][0],
+        out[side] = {"first_loss": t["losses"][0], "first_loss_diff_vs_log2": t["losses"][0] - math.log(2),
                      "first_logps_chosen": t["logps_chosen"][0], "first_logps_rejected": t["logps_rejected"][0],
-                     "first_logps_chosen_diff_vs_trl": t["logps_chosen"][0] - ref["logps_chosen"][0],
-                     "first_logps_rejected_diff_vs_trl": t["logps_rejected"][0] - ref["logps_rejected"][0],
-                     "loss_rel_diff_max_vs_trl": max(diffs), "losses": t["losses"], "grad_norms": t["grad_norms"]}
+                     "losses": t["losses"], "grad_norms": t["grad_norms"]}
+    for polm_side, trl_side in (PAIRS[p] for p in PAIRS if PAIRS[p][0] in rounds and PAIRS[p][1] in rounds):
+        a, b = rounds[polm_side][0], rounds[trl_side][0]
+        diffs = [abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a["losses"], b["losses"])]
+        out[polm_side] |= {"peer": trl_side, "first_loss_diff_vs_peer": a["losses"][0] - b["losses"][0],
+                           "first_logps_chosen_diff_vs_peer": a["logps_chosen"][0] - b["logps_chosen"][0],
+                           "first_logps_rejected_diff_vs_peer": a["logps_rejected"][0] - b["logps_rejected"][0],
+                           "loss_rel_diff_max_vs_peer": max(diffs)}
     return out
 
 
-def run_sides(settings: Settings, sides: list[str], base: dict) -> tuple[dict, dict]:
-    """Warm up each side once (if asked), then alternate measured trials: ({side: [trial]}, {side: warm-up})."""
-    spec = {**base, "steps": settings.steps}
-    run = common.run_worker
-    trials = {side: (lambda side=side: run(SCRIPT, {**spec, "side": side})) for side in sides}
-    warm = {**spec, "steps": settings.warmup_steps_per_trial}
-    warmups = {side: (lambda side=side: run(SCRIPT, {**warm, "side": side})) for side in sides}
-    return common.alternate(trials, settings.repeats, warmups if settings.warmup else None,
-                            log=lambda m: print(f"  {m}", flush=True))
+def pair_ratios(sides: dict, rounds: dict[str, list[dict]], polm_side: str, trl_side: str) -> dict:
+    """polm / TRL for one like-for-like pair: medians' ratios, and the ratio within each round (the two
+    trials of a round ran next to each other) with its min-max, for the step time with the pass counted."""
+    a, b = sides[polm_side], sides[trl_side]
+    per_round = [x["step_s_with_precompute"] / y["step_s_with_precompute"]
+                 for x, y in zip(a["trials"], b["trials"])]
+    return {"polm": polm_side, "trl": trl_side,
+            "step_time_with_precompute": a["step_s_with_precompute"] / b["step_s_with_precompute"],
+            "step_time_with_precompute_per_round": common.spread(per_round),
+            "step_time": a["step_s"] / b["step_s"], "step_cpu_time": a["step_cpu_s"] / b["step_cpu_s"],
+            "precompute_pass": a["precompute_s"] / b["precompute_s"] if b["precompute_s"] else None,
+            "memory": a["memory_mib"] / b["memory_mib"]}
 
 
 def summarize(rounds: dict, steps: list[dict], peak: dict, device: str) -> dict:
+    check_precompute_ran(rounds)
     sides = {side: summarize_side(trials, steps, peak, device) for side, trials in rounds.items()}
-    trl = sides["trl"]
-    ratios = {}
-    for side, r in sides.items():
-        if side == "trl":
-            continue
-        ratios[side] = {"step_time": r["step_s"] / trl["step_s"], "step_cpu_time": r["step_cpu_s"] / trl["step_cpu_s"],
-                        "step_time_with_precompute": r["step_s_with_precompute"] / trl["step_s_with_precompute"],
-                        "memory": r["memory_mib"] / trl["memory_mib"]}
+    pairs = {pair: pair_ratios(sides, rounds, *PAIRS[pair]) for pair in PAIRS
+             if all(side in rounds for side in PAIRS[pair])}
     first_polm = next(t[0] for s, t in rounds.items() if s.startswith("polm"))
-    return {"sides": sides, "ratios_vs_trl": ratios, "same_work": check_same_work(rounds),
-            "tokenization_check": rounds["trl"][0]["tokenization"], "trl_optimizer": rounds["trl"][0]["optimizer"],
+    first_trl = next(t[0] for s, t in rounds.items() if s.startswith("trl"))
+    return {"headline": {pair: r["step_time_with_precompute"] for pair, r in pairs.items()},
+            "pairs": pairs, "sides": sides, "same_work": check_same_work(rounds),
+            "tokenization_check": first_trl["tokenization"], "trl_optimizer": first_trl["optimizer"],
             "params": first_polm["params"],
             "trainable": {side: t[0]["trainable"] for side, t in rounds.items()},
             "polm_reference": {side: t[0]["reference"] for side, t in rounds.items() if side.startswith("polm")},
@@ -420,8 +453,7 @@ def summarize(rounds: dict, steps: list[dict], peak: dict, device: str) -> dict:
 
 
 def print_table(results: dict, device: str) -> None:
-    sides = list(results["sides"])
-    others = [s for s in sides if s != "trl"]
+    sides, pairs = list(results["sides"]), results["pairs"]
     mem = "peak CUDA MiB" if device.startswith("cuda") else "peak RSS MiB"
     figures = [("step time s (median, steps 2..N)", "step_s"), ("step CPU s", "step_cpu_s"),
                ("precompute pass s", "precompute_s"), ("precompute s per step", "precompute_per_step_s"),
@@ -429,43 +461,48 @@ def print_table(results: dict, device: str) -> None:
                ("RSS at train start MiB", "rss_at_train_start_mib"), ("MFU (policy work)", "mfu")]
     rows = []
     for label, key in figures:
-        values = [results["sides"][s][key] for s in sides]
-        trl = results["sides"]["trl"][key]
-        rows.append([label, *values, *[results["sides"][s][key] / trl if trl else "-" for s in others]])
+        ratios = []
+        for r in pairs.values():
+            peer = results["sides"][r["trl"]][key]
+            ratios.append(results["sides"][r["polm"]][key] / peer if peer else "-")
+        rows.append([label, *[results["sides"][s][key] for s in sides], *ratios])
     work = results["same_work"]
     rows.append(["first-step loss", *[work[s]["first_loss"] for s in sides],
-                 *[work[s]["first_loss"] / work["trl"]["first_loss"] for s in others]])
-    rows.append(["step-1 logps chosen", *[work[s]["first_logps_chosen"] for s in sides],
-                 *[work[s]["first_logps_chosen"] / work["trl"]["first_logps_chosen"] for s in others]])
-    print(common.format_table(["figure", *sides, *[f"{s}/trl" for s in others]], rows))
-    for side in others:
-        w, r = work[side], results["ratios_vs_trl"][side]
-        print(f"{side}: first-step loss {w['first_loss']:.6f} vs TRL {work['trl']['first_loss']:.6f} "
-              f"(diff {w['first_loss_diff_vs_trl']:+.1e}); step-1 logps diff chosen "
-              f"{w['first_logps_chosen_diff_vs_trl']:+.3f} rejected {w['first_logps_rejected_diff_vs_trl']:+.3f}; "
-              f"loss rel. diff max {w['loss_rel_diff_max_vs_trl']:.1e}; step time x{r['step_time']:.2f} of TRL "
-              f"(x{r['step_time_with_precompute']:.2f} with the precompute share), memory x{r['memory']:.2f}")
+                 *[work[r["polm"]]["first_loss"] / work[r["trl"]]["first_loss"] for r in pairs.values()]])
+    print(common.format_table(["figure", *sides, *[f"{p}: polm/trl" for p in pairs]], rows))
+    for pair, r in pairs.items():
+        w, rounds = work[r["polm"]], r["step_time_with_precompute_per_round"]
+        print(f"{pair}: {r['polm']} vs {r['trl']}: step time with the precompute share x{r['step_time_with_precompute']:.2f} "
+              f"(per round {rounds['min']:.2f}-{rounds['max']:.2f}), step alone x{r['step_time']:.2f}, "
+              f"memory x{r['memory']:.2f}; first-step loss {w['first_loss']:.6f} vs {work[r['trl']]['first_loss']:.6f} "
+              f"(diff {w['first_loss_diff_vs_peer']:+.1e}), step-1 logps diff chosen "
+              f"{w['first_logps_chosen_diff_vs_peer']:+.3f} rejected {w['first_logps_rejected_diff_vs_peer']:+.3f}, "
+              f"loss rel. diff max {w['loss_rel_diff_max_vs_peer']:.1e}")
     tok = results["tokenization_check"]
     print(f"tokenization: {tok['ids_identical']}/{tok['sequences']} sequences with identical ids, "
           f"{tok['targets_identical']} with identical targets; TRL-only targets {tok['trl_only_targets']} "
           f"{tok['trl_only_tokens']}, polm-only {tok['polm_only_targets']} {tok['polm_only_tokens']}")
+    print("headline (polm / TRL, like for like, precompute pass counted): "
+          + ", ".join(f"{pair} x{ratio:.2f}" for pair, ratio in results["headline"].items()))
 
 
 def goals(results: dict) -> dict:
-    """Goal: precompute step <= 0.6x TRL's step time, no more memory than TRL, the same first-step loss."""
-    if "polm-precompute" not in results["ratios_vs_trl"]:
-        return {}
-    r, w = results["ratios_vs_trl"]["polm-precompute"], results["same_work"]["polm-precompute"]
-    return {"step_time_le_0.6x": r["step_time"] <= 0.6, "memory_le_1.0x": r["memory"] <= 1.0,
-            "same_first_loss": abs(w["first_loss_diff_vs_trl"]) < 1e-4}
+    """Per pair: polm's step (precompute share counted) <= TRL's, no more memory, the same first-step loss."""
+    out = {}
+    for pair, r in results["pairs"].items():
+        w = results["same_work"][r["polm"]]
+        out |= {f"{pair}_step_with_precompute_le_1.0x": r["step_time_with_precompute"] <= 1.0,
+                f"{pair}_memory_le_1.0x": r["memory"] <= 1.0,
+                f"{pair}_same_first_loss": abs(w["first_loss_diff_vs_peer"]) < 1e-4}
+    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--quick", action="store_true", help="3 steps of 4 pairs, one round, no warm-up")
-    parser.add_argument("--sides", default=",".join(SIDES),
-                        help=f"comma-separated, trl and at least one polm side: {', '.join(KNOWN_SIDES)}")
+    parser.add_argument("--pairs", default=",".join(PAIRS),
+                        help=f"comma-separated like-for-like pairs to run (default both): {', '.join(PAIRS)}")
     parser.add_argument("--steps", type=int, help="optimizer steps per trial")
     parser.add_argument("--repeats", type=int, help="measured rounds per side")
     parser.add_argument("--threads", type=int, help="torch intra-op threads per worker (default: one per core); "
@@ -474,11 +511,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
-    if "trl" not in sides or not any(s.startswith("polm") for s in sides) or set(sides) - set(KNOWN_SIDES):
-        parser.error(f"--sides must include trl and a polm side, and name only: {', '.join(KNOWN_SIDES)}")
-    args.sides = sides
+    pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]
+    if not pairs or set(pairs) - set(PAIRS):
+        parser.error(f"--pairs must name one or more of: {', '.join(PAIRS)}")
+    args.pairs = list(dict.fromkeys(pairs))
     return args
+
+
+def run_sides(settings: Settings, sides: list[str], base: dict) -> tuple[dict, dict]:
+    """Warm up each side once (if asked), then alternate measured trials: ({side: [trial]}, {side: warm-up})."""
+    spec = {**base, "steps": settings.steps}
+    warm = {**spec, "steps": settings.warmup_steps_per_trial}
+    return common.alternate_workers(SCRIPT, {side: {**spec, "side": side} for side in sides}, settings.repeats,
+                                    {side: {**warm, "side": side} for side in sides} if settings.warmup else None,
+                                    log=lambda m: print(f"  {m}", flush=True))
 
 
 def run_benchmark(args: argparse.Namespace, settings: Settings) -> dict:
@@ -486,6 +532,7 @@ def run_benchmark(args: argparse.Namespace, settings: Settings) -> dict:
     from polm.assets import resolve_model
     from polm.models import load_tokenizer
 
+    sides = sides_of(args.pairs)
     model_dir = resolve_model(MODEL)
     pairs = build_pairs(settings)
     encoded = encode_for_report(pairs, load_tokenizer(model_dir), settings)
@@ -494,9 +541,9 @@ def run_benchmark(args: argparse.Namespace, settings: Settings) -> dict:
     machine = common.machine_description(args.device, ("torch", "transformers", "peft", "trl", "accelerate"))
     peak = common.matmul_peak_flops(args.device)
     lengths = sorted(len(ex[k]["input_ids"]) for ex in encoded for k in ("chosen", "rejected"))
-    print(f"{machine['cpu']} ({machine['cores']} cores, {machine['torch_threads']} torch threads), matmul peak "
-          f"{peak['flops_per_s'] / 1e9:.1f} GFLOP/s; {len(pairs)} pairs, sequences of {lengths[0]}-{lengths[-1]} "
-          f"tokens; sides {', '.join(args.sides)}", flush=True)
+    print(f"{machine['cpu']} ({machine['cores']} cores, {machine['torch_threads']} torch threads, load "
+          f"{machine['load_avg_1m_at_start']}), matmul peak {peak['flops_per_s'] / 1e9:.1f} GFLOP/s; {len(pairs)} pairs, "
+          f"sequences of {lengths[0]}-{lengths[-1]} tokens; sides {', '.join(sides)}", flush=True)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="polm-bench-data-") as tmp:
         pairs_path, encoded_path = Path(tmp) / "pairs.jsonl", Path(tmp) / "encoded.json"
@@ -504,24 +551,28 @@ def run_benchmark(args: argparse.Namespace, settings: Settings) -> dict:
         encoded_path.write_text(json.dumps(encoded))
         base = {"model_dir": model_dir, "device": args.device, "settings": asdict(settings), "threads": args.threads,
                 "pairs_path": str(pairs_path), "encoded_path": str(encoded_path)}
-        rounds, _ = run_sides(settings, args.sides, base)
+        rounds, _ = run_sides(settings, sides, base)
     results = summarize(rounds, steps, peak, args.device)
     return {
-        "benchmark": "dpo_vs_trl", "command": " ".join(["python", "bench/dpo_vs_trl.py", *sys.argv[1:]]),
-        "quick": args.quick, "device": args.device, "machine": machine,
+        "benchmark": "dpo_vs_trl", "command": common.command_line(SCRIPT),
+        "quick": args.quick, "device": args.device, "machine": machine, "pairs": {p: PAIRS[p] for p in args.pairs},
+        "order": [f"{r + 1}:{side}" for r, side in common.alternation_order(sides, settings.repeats)],
         "matmul_peak": {"start": peak, "end": common.matmul_peak_flops(args.device)}, "settings": asdict(settings),
-        "trl_options": {side: trl_options(settings, side == "trl-precompute") for side in args.sides
+        "trl_options": {side: trl_options(settings, side == "trl-precompute") for side in sides
                         if side.startswith("trl")},
         "trl_notes": {"padding_free": "TRL 1.16 DPOTrainer: 'temporarily unavailable', True warns and pads",
                       "gradient_checkpointing": "DPOConfig default True; off here, as polm's default",
                       "bf16": "DPOConfig default True; set from --device (fp32 on CPU, as polm)",
+                      "precompute_ref_batch_size": "in pairs; polm's reference.batch_size / 2, so both sides run "
+                                                   "the same number of sequences per forward in the pass",
+                      "precompute_s": "TRL: _precompute_ref_logps plus the hash_module call that keys its cache",
                       "fused_lm_head": "always on in TRL 1.16 (chunked log-probs)"},
         "data": {"source": DATA, "builder": "polm data preferences references --perturb wrong-number",
                  "pairs": len(pairs), "example": pairs[0], "sequence_length_min": lengths[0],
                  "sequence_length_median": lengths[len(lengths) // 2], "sequence_length_max": lengths[-1],
                  "tokens_per_step": [s["tokens"] for s in steps], "targets_per_step": [s["targets"] for s in steps]},
         "results": results, "goals": goals(results),
-        "wall_s": round(time.perf_counter() - started, 1), "load_avg_1m_at_end": round(os.getloadavg()[0], 2)}
+        "wall_s": round(time.perf_counter() - started, 1), "load_avg_1m_at_end": common.load_avg_1m()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ class SamplingConfig:
     top_p: float = 1.0
     top_k: int = 0                    # 0 = no top-k filter
     stop: list[str] = field(default_factory=list)   # generation of a completion ends at the first of these
+    min_new_tokens: int = 0           # end-of-sequence tokens and stop strings count only from this length on
 
     def validate(self) -> None:
         if self.n < 1 or self.max_new_tokens < 1:
@@ -30,6 +31,9 @@ class SamplingConfig:
             raise PolmError(f"invalid sampling settings: temperature={self.temperature} (>= 0), "
                             f"top_p={self.top_p} (in (0, 1]), top_k={self.top_k} (>= 0)",
                             fix="Use temperature 0 for greedy decoding, top_p 1 and top_k 0 for no filter.")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise PolmError(f"min_new_tokens={self.min_new_tokens} must be in [0, max_new_tokens="
+                            f"{self.max_new_tokens}]", fix="Lower min_new_tokens, or raise max_new_tokens.")
 
 
 @dataclass

@@ -104,11 +104,11 @@ class HFGenerator:
         active = torch.arange(rows, device=device)   # original row of each row still in the batch
         eos = self.eos_ids.to(device)
         for step in range(s.max_new_tokens):
-            token, logp = self._sample(logits, s, rng)
+            token, logp = self._sample(logits, s, rng, blocked=eos if step < s.min_new_tokens else None)
             tokens[active, step], logps[active, step] = token, logp
             lengths[active] = step + 1
             done = torch.isin(token, eos)
-            if s.stop:
+            if s.stop and step + 1 >= s.min_new_tokens:
                 done |= self._hit_stop(tokens[active, :step + 1], s.stop)
             stopped[active] = done
             keep = (~done).nonzero().squeeze(1)       # the one sync of the step
@@ -124,13 +124,18 @@ class HFGenerator:
         return self._completions(tokens.tolist(), logps.tolist(), lengths.tolist(), stopped.tolist(), s)
 
     @staticmethod
-    def _sample(logits: torch.Tensor, s: SamplingConfig, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(token [B], its log-probability under softmax(logits / T) [B]); greedy scores at T = 1."""
+    def _sample(logits: torch.Tensor, s: SamplingConfig, rng: torch.Generator,
+                blocked: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token [B], its log-probability under softmax(logits / T) [B]); greedy scores at T = 1.
+
+        `blocked` token ids (EOS before min_new_tokens) are never drawn, but the log-probability is the
+        policy's own, unmasked one: the one the training forward recomputes for the importance ratio."""
+        allowed = logits if blocked is None else logits.index_fill(-1, blocked, float("-inf"))
         if s.temperature == 0:
-            token = logits.argmax(-1)
+            token = allowed.argmax(-1)
             return token, logits.log_softmax(-1).gather(-1, token[:, None]).squeeze(1)
         scaled = logits / s.temperature
-        probs = filter_logits(scaled, s.top_k, s.top_p).softmax(-1)
+        probs = filter_logits(allowed / s.temperature, s.top_k, s.top_p).softmax(-1)
         token = torch.multinomial(probs, 1, generator=rng).squeeze(1)
         return token, scaled.log_softmax(-1).gather(-1, token[:, None]).squeeze(1)
 

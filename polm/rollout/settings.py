@@ -4,7 +4,6 @@ prompts, how they are formatted, and how completions are sampled from them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 from polm.rollout.base import SamplingConfig
 from polm.rollout.stream import check_rollout_shape
@@ -21,7 +20,7 @@ class PromptData:
 
 @dataclass
 class RolloutSettings:
-    backend: Literal["hf", "vllm"] = "hf"
+    backend: str = "hf"                # a name in polm.rollout.GENERATORS (hf, vllm) or package.module:factory
     prompts_per_rollout: int = 4
     group_size: int = 8                # completions per prompt (G)
     max_new_tokens: int = 128
@@ -29,10 +28,12 @@ class RolloutSettings:
     top_p: float = 1.0
     top_k: int = 0
     stop: list[str] = field(default_factory=list)
+    min_new_tokens: int = 0            # EOS/stop ignored before this length (fixed-length rollouts, benchmarks)
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(n=self.group_size, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                              top_p=self.top_p, top_k=self.top_k, stop=list(self.stop))
+                              top_p=self.top_p, top_k=self.top_k, stop=list(self.stop),
+                              min_new_tokens=self.min_new_tokens)
 
     def check(self, train: TrainConfig) -> None:
         """Valid sampling settings, and rollouts that fill whole optimizer steps."""

@@ -42,7 +42,8 @@ class VLLMGenerator:
         sampling.validate()
         params = self._vllm.SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                                            top_k=sampling.top_k or -1, max_tokens=sampling.max_new_tokens,
-                                           stop=list(sampling.stop) or None, logprobs=0, seed=seed)
+                                           stop=list(sampling.stop) or None, logprobs=0, seed=seed,
+                                           min_tokens=sampling.min_new_tokens)
         prompts = [{"prompt_token_ids": p} for p in prompt_ids]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         result = []

@@ -158,3 +158,33 @@ def test_eos_comes_from_tokenizer_model_and_generation_configs(tiny_llama, tiny_
     tiny_llama.generation_config.eos_token_id = [2, 7]
     tiny_llama.config.eos_token_id = 9
     assert HFGenerator(tiny_llama, tiny_tokenizer).eos_ids.tolist() == [2, 7, 9]
+
+
+def test_min_new_tokens_never_draws_eos_early_and_scores_under_the_unmasked_policy(tiny_llama, tiny_tokenizer):
+    """A model that always wants EOS: with min_new_tokens=5 every completion is exactly 5 tokens of
+    non-EOS, and their log-probabilities are the unmasked policy's (those the training forward computes)."""
+    from polm.rollout import SamplingConfig
+    from polm.rollout.hf import HFGenerator
+
+    eos = tiny_tokenizer.eos_token_id
+    with torch.no_grad():
+        tiny_llama.lm_head.weight[eos] += 50.0   # tied: EOS dominates every next-token distribution
+    gen = HFGenerator(tiny_llama, tiny_tokenizer)
+    prompts = [tiny_tokenizer("hello there")["input_ids"], tiny_tokenizer("12 + 7")["input_ids"]]
+    free = gen.generate(prompts, SamplingConfig(n=2, max_new_tokens=5, temperature=1.0), seed=0)
+    assert all(c.token_ids == [eos] for c in free)
+    fixed = gen.generate(prompts, SamplingConfig(n=2, max_new_tokens=5, temperature=1.0, min_new_tokens=5), seed=0)
+    assert all(len(c.token_ids) == 5 and eos not in c.token_ids for c in fixed)
+    c = fixed[0]
+    with torch.no_grad():
+        logits = tiny_llama(torch.tensor([prompts[0] + c.token_ids])).logits[0, len(prompts[0]) - 1:-1]
+    expected = logits.float().log_softmax(-1).gather(-1, torch.tensor(c.token_ids)[:, None]).squeeze(1)
+    torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_min_new_tokens_is_validated():
+    from polm.errors import PolmError
+    from polm.rollout import SamplingConfig
+
+    with pytest.raises(PolmError, match="min_new_tokens=9 must be in"):
+        SamplingConfig(max_new_tokens=8, min_new_tokens=9).validate()
