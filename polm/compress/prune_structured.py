@@ -125,7 +125,7 @@ def width_importance(model: nn.Module, batches: list[torch.Tensor]) -> tuple[lis
     the norm of its attention output (o_proj's input, split into heads).
     """
     _, layers = decoder_layers(model)
-    head_dim = _llama_attention(model)
+    head_dim = llama_head_dim(model)
     mlp = [torch.zeros(layer.mlp.down_proj.in_features) for layer in layers]
     heads = [torch.zeros(layer.self_attn.o_proj.in_features // head_dim) for layer in layers]
 
@@ -149,7 +149,7 @@ def width_importance(model: nn.Module, batches: list[torch.Tensor]) -> tuple[lis
     return [m / tokens for m in mlp], [h / tokens for h in heads]
 
 
-def _llama_attention(model: nn.Module) -> int:
+def llama_head_dim(model: nn.Module) -> int:
     """The head dimension of a Llama-layout model (q/k/v/o_proj, gate/up/down_proj); PolmError otherwise."""
     _, layers = decoder_layers(model)
     names = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -181,7 +181,7 @@ def prune_width(model: nn.Module, mlp_scores: list[torch.Tensor], head_scores: l
     columns of down_proj) and the `heads_per_group` most important query heads of each KV group (rows of
     q_proj, columns of o_proj); intermediate_size and num_attention_heads shrink, head_dim is kept."""
     path, layers = decoder_layers(model)
-    head_dim = _llama_attention(model)
+    head_dim = llama_head_dim(model)
     config = copy.deepcopy(model.config)
     config.intermediate_size = mlp_keep
     config.num_attention_heads = config.num_key_value_heads * heads_per_group
