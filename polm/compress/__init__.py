@@ -1,0 +1,1 @@
+"""Compression: quantization, GGUF export and pruning."""
