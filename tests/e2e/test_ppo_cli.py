@@ -36,13 +36,13 @@ def prompts(tmp_path):
 def _args(model_dir, prompts, out, *extra):
     return ["ppo", f"model.name={model_dir}", "model.device=cpu", "method=full", f"data.train={prompts}",
             "data.chat=false", f"output_dir={out}", "rollout.group_size=4", "rollout.prompts_per_rollout=16",
-            "rollout.max_new_tokens=4", "train.micro_batch_size=32", "train.grad_accum=2", "train.lr=0.03",
+            "rollout.max_new_tokens=4", "train.micro_batch_size=32", "train.grad_accum=2", "train.lr=0.02",
             "train.schedule=constant", "train.progress=false", "train.tensorboard=false", *extra]
 
 
 def test_ppo_learns_the_toy_task_and_saves_its_value_head(tiny_model_dir, prompts, tmp_path, plugin):
     out = tmp_path / "run"
-    code = main(_args(tiny_model_dir, prompts, out, "rewards={polm_ppo_toy:says_19: 1.0}", "train.max_steps=40",
+    code = main(_args(tiny_model_dir, prompts, out, "rewards={polm_ppo_toy:says_19: 1.0}", "train.max_steps=50",
                       "epochs_per_rollout=1", "beta=0", "vf_coef=0.5", "whiten_advantages=false"))
     assert code == 0
     rows = [r for r in read_metrics(out) if "loss" in r]
