@@ -5,7 +5,9 @@
 1. measure greedy accuracy of the base model on held-out reasoning-gym problems (fixed test seeds,
    each task's own verifier);
 2. generate training problems (different seeds) with step-by-step worked answers, prompted exactly as
-   the evaluation prompts them, and LoRA-fine-tune on them with `polm sft`;
+   the evaluation prompts them (the eval's answer-format line is `sft.data.prompt_suffix`, so the
+   fine-tune records it in `final/polm_prompt.json` and `polm generate` adds it), and LoRA-fine-tune on
+   them with `polm sft`;
 3. measure the fine-tune on the same held-out problems and print a before/after table with a paired
    bootstrap CI of the gain. Everything lands in the run directory (metrics, loss curve, eval JSON).
 """
@@ -21,7 +23,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from polm.data.templating import with_suffix
 from polm.errors import PolmError
+from polm.eval.builtin_tasks import ANSWER_LINE
 from polm.io import atomic_write_json
 from polm.recipes.common import add_config_arguments, config_from_args
 from polm.recipes.sft import SFTConfig, run_sft
@@ -69,6 +73,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     tasks = build_tasks(cfg.eval_tasks, settings)
     train_file = write_training_set(tasks, cfg, run_dir)
     cfg.sft.output_dir, cfg.sft.data.train, cfg.sft.overwrite = str(run_dir / "sft"), str(train_file), cfg.overwrite
+    cfg.sft.data.prompt_suffix = ANSWER_LINE
     timings: dict[str, float] = {}
     eval_kw = dict(settings=settings, batch_size=cfg.eval_batch_size, device=cfg.sft.model.device)
 
@@ -93,7 +98,8 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 
 def write_training_set(tasks, cfg: DemoConfig, run_dir: Path) -> Path:
-    """Fresh problems (train seed) with worked answers, prompted exactly as the eval prompts them."""
+    """Fresh problems (train seed) with worked answers; each prompt + the answer-format suffix SFT adds
+    (`ANSWER_LINE`) is exactly the question the eval asks."""
     from polm.eval.builtin_tasks import ArithTask
 
     rows = []
@@ -102,7 +108,8 @@ def write_training_set(tasks, cfg: DemoConfig, run_dir: Path) -> Path:
             raise PolmError(f"demo eval task '{task.name}' is not a generated arith: task",
                             fix="Use arith:<reasoning-gym task> specs in eval_tasks.")
         for record in task._load(cfg.train_per_task, cfg.train_seed):
-            rows.append({"prompt": task.question(record), "completion": record["completion"]})
+            assert with_suffix(record["prompt"], ANSWER_LINE) == task.question(record)
+            rows.append({"prompt": record["prompt"], "completion": record["completion"]})
     path = run_dir / "train.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -3,8 +3,9 @@
     polm export --model runs/sft/final --out runs/sft/merged
 
 The output is an ordinary Hugging Face directory (safetensors, config, tokenizer, model card) that
-loads with `AutoModelForCausalLM.from_pretrained` and needs neither peft nor polm. It is written to a
-temporary directory beside the target and renamed into place, so a failed export leaves nothing.
+loads with `AutoModelForCausalLM.from_pretrained` and needs neither peft nor polm. It keeps the prompt
+format the adapter records (`polm_prompt.json`). It is written to a temporary directory beside the
+target and renamed into place, so a failed export leaves nothing.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from polm.data.templating import TrainedPromptFormat
 from polm.errors import PolmError
 from polm.models import ModelConfig, load_model, load_tokenizer
 from polm.models.load import adapter_base
@@ -41,7 +43,8 @@ def export_merged(model_ref: str, out: Path, dtype: str = "auto", overwrite: boo
     tokenizer = load_tokenizer(model_ref)
     card = (f"# Merged model\n\nWritten by `polm export`: the adapter `{model_ref}` folded into its base "
             f"`{base}`.\nLoad with `transformers.AutoModelForCausalLM.from_pretrained`.\n")
-    save_pretrained_atomic(model, tokenizer, out, card=card, overwrite=overwrite)
+    save_pretrained_atomic(model, tokenizer, out, card=card, overwrite=overwrite,
+                           prompt_format=TrainedPromptFormat.read(path))
     return out
 
 

@@ -5,17 +5,20 @@
 
 Prompts are chat-formatted with the tokenizer's own template when it has one (`--no-chat` for raw
 text), left-padded into batches, and decoded greedily (temperature 0) or by sampling, through the
-one generation path (polm.rollout: HFGenerator + generate_text).
+one generation path (polm.rollout: HFGenerator + generate_text). A model directory that records the
+prompt format it was trained with (`polm_prompt.json`, written by every polm recipe) gets that format
+and stops at its end-of-turn token, unless `--no-prompt-format`; `--stop` adds stop strings.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from polm.data.templating import prompt_of
+from polm.data.templating import TrainedPromptFormat, prompt_of
 from polm.errors import PolmError
 from polm.rollout import HFGenerator, SamplingConfig
 from polm.rollout.text import generate_text
@@ -40,12 +43,42 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--no-prompt-format", "--raw-prompt", dest="no_prompt_format", action="store_true",
+                        help="ignore the prompt format recorded in the model directory (polm_prompt.json)")
+    parser.add_argument("--stop", action="append", default=[],
+                        help="end a completion at this string or special token (repeatable)")
 
 
 def sampling_from_args(args: argparse.Namespace, n: int = 1) -> SamplingConfig:
     """The sampling settings of the shared model arguments, `n` completions per prompt."""
     return SamplingConfig(n=n, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                           top_p=args.top_p, top_k=args.top_k)
+
+
+def recorded_prompt_format(ref: str, *, use: bool = True, chat: bool = True) -> TrainedPromptFormat | None:
+    """The prompt format recorded in the model (or adapter) directory `ref`, when `use` and it has one
+    (`chat=False` turns its chat template off); says on stderr that it is applied."""
+    fmt = TrainedPromptFormat.read(ref) if use and Path(ref).is_dir() else None
+    if fmt is None:
+        return None
+    fmt = fmt if chat else dataclasses.replace(fmt, chat=False)
+    print(f"polm: applying the prompt format recorded in {ref} ({fmt.describe()}); "
+          "--no-prompt-format to turn it off", file=sys.stderr)
+    return fmt
+
+
+def stop_at(model, tokenizer, stops: list[str]) -> list[str]:
+    """Make every special token among `stops` (an end-of-turn token such as `<|im_end|>`) end generation
+    by id, as the generation config's eos ids do (polm.rollout.hf reads them); the rest are returned as
+    stop strings (decoded text drops special tokens, so they could never match as text)."""
+    special = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+    ids = [tokenizer.convert_tokens_to_ids(s) for s in stops if s in special]
+    config = getattr(model, "generation_config", None)
+    if ids and config is not None:
+        eos = config.eos_token_id
+        current = [] if eos is None else eos if isinstance(eos, list) else [eos]
+        config.eos_token_id = sorted({*current, *ids})
+    return [s for s in stops if s not in special]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,8 +107,11 @@ def run(args: argparse.Namespace) -> int:
     sampling = sampling_from_args(args, n=args.num_samples)
     sampling.validate()
     model, tokenizer = load_for_inference(args.model, args.device, args.dtype, args.trust_remote_code)
+    fmt = recorded_prompt_format(args.model, use=not args.no_prompt_format, chat=not args.no_chat)
+    sampling.stop = stop_at(model, tokenizer, [*(fmt.stop if fmt else ()), *args.stop])
     generator = HFGenerator(model, tokenizer, prompts_per_batch=args.batch_size)
-    results = generate_text(generator, tokenizer, prompts, sampling, seed=args.seed, chat=not args.no_chat)
+    texts = [fmt.render(tokenizer, p) for p in prompts] if fmt else prompts
+    results = generate_text(generator, tokenizer, texts, sampling, seed=args.seed, chat=not (fmt or args.no_chat))
     rows = [{"prompt": p, "completions": c} for p, c in zip(prompts, results)]
     if args.out:
         Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 
 from polm.data.loaders import load_records
+from polm.data.templating import with_suffix
 from polm.errors import PolmError
 from polm.io import atomic_write_json, atomic_write_text
 
@@ -72,16 +73,6 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_json(Path(args.out).with_suffix(".stats.json"), {"builder": args.builder, "data": args.data, **stats})
     print(f"wrote {len(pairs)} pairs to {args.out} ({stats})")
     return 0
-
-
-def with_suffix(prompt, suffix: str):
-    """The prompt with `suffix` on a new line: appended to a string, or to the last user turn of chat turns."""
-    if isinstance(prompt, str):
-        return f"{prompt}\n{suffix}"
-    turns = [dict(t) for t in prompt]
-    last_user = max(i for i, t in enumerate(turns) if t.get("role") == "user")
-    turns[last_user]["content"] = f"{turns[last_user]['content']}\n{suffix}"
-    return turns
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

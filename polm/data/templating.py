@@ -7,7 +7,9 @@ rendering conversation prefixes and mapping characters to tokens with the fast t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from polm.data.records import detect_format
@@ -40,6 +42,115 @@ def format_prompt(tokenizer: Any, prompt: Prompt, chat: bool) -> str:
     if isinstance(prompt, list):
         return "\n".join(m["content"] for m in prompt)
     return prompt
+
+
+def with_suffix(prompt: Prompt, suffix: str) -> Prompt:
+    """The prompt with `suffix` on a new line: appended to a string, or to the last user turn of chat turns."""
+    if isinstance(prompt, str):
+        return f"{prompt}\n{suffix}"
+    turns = [dict(t) for t in prompt]
+    last_user = max(i for i, t in enumerate(turns) if t.get("role") == "user")
+    turns[last_user]["content"] = f"{turns[last_user]['content']}\n{suffix}"
+    return turns
+
+
+PROMPT_FORMAT_FILE = "polm_prompt.json"
+
+
+@dataclass(frozen=True)
+class TrainedPromptFormat:
+    """The prompt format a model was trained with, written to `final/polm_prompt.json` and read back by
+    `polm generate`, `polm chat` and `polm eval`.
+
+    chat: prompts went through the tokenizer's chat template (else plain text). suffix: appended on a
+    new line to the (last user turn of the) prompt. system: a system turn put first. stop: the strings
+    training targets ended with (the end-of-turn token). end_of_turn: the token closing an assistant
+    turn (chat) or the eos token (plain), the token a generation should stop at.
+    """
+
+    chat: bool
+    suffix: str = ""
+    system: str | None = None
+    stop: tuple[str, ...] = ()
+    end_of_turn: str | None = None
+
+    def wrap(self, prompt: Prompt, *, suffix: bool = True) -> Prompt:
+        """The prompt as training wrote it: system turn first (none is there yet), then the suffix."""
+        if self.system and not (isinstance(prompt, list) and prompt and prompt[0].get("role") == "system"):
+            turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+            prompt = [{"role": "system", "content": self.system}, *turns]
+        return with_suffix(prompt, self.suffix) if suffix and self.suffix else prompt
+
+    def render(self, tokenizer: Any, prompt: Prompt, *, suffix: bool = True) -> str:
+        """The text the model continues: `wrap`, then the chat template (or plain text)."""
+        return format_prompt(tokenizer, self.wrap(prompt, suffix=suffix), self.chat)
+
+    def wrap_record(self, record: dict) -> dict:
+        """A training record with its prompt written in this format (plain `text` records unchanged)."""
+        if "messages" in record:
+            *turns, last = record["messages"]
+            return {**record, "messages": [*self.wrap(turns), last]} if last.get("role") == "assistant" else record
+        if "prompt" not in record or not (self.suffix or self.system):
+            return record
+        prompt = self.wrap(record["prompt"])
+        if isinstance(prompt, list) and self.chat:
+            rest = {k: v for k, v in record.items() if k not in ("prompt", "completion")}
+            return {**rest, "messages": [*prompt, {"role": "assistant", "content": record["completion"]}]}
+        return {**record, "prompt": format_prompt(None, prompt, False) if isinstance(prompt, list) else prompt}
+
+    def describe(self) -> str:
+        """One line: what a caller applying this format does to a prompt."""
+        parts = ["chat template" if self.chat else "plain text"]
+        parts += [f"system prompt {self.system!r}"] if self.system else []
+        parts += [f"suffix {self.suffix!r}"] if self.suffix else []
+        parts += [f"stop at {', '.join(map(repr, self.stop))}"] if self.stop else []
+        return ", ".join(parts)
+
+    def card_section(self) -> str:
+        """The model card's 'Prompt format' section."""
+        return (f"\n## Prompt format\n\nTrained with: {self.describe()}. Recorded in `{PROMPT_FORMAT_FILE}`; "
+                "`polm generate`, `polm chat` and `polm eval` apply it (`--no-prompt-format` to turn it off).\n\n"
+                f"```json\n{self.to_json()}```\n")
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "stop": list(self.stop)}, indent=2, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def read(cls, directory: str | Path) -> TrainedPromptFormat | None:
+        """The format recorded in `directory/polm_prompt.json`, or None when the directory has none."""
+        path = Path(directory) / PROMPT_FORMAT_FILE
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            return cls(chat=bool(data["chat"]), suffix=data.get("suffix") or "", system=data.get("system"),
+                       stop=tuple(data.get("stop") or ()), end_of_turn=data.get("end_of_turn"))
+        except (ValueError, KeyError, TypeError) as err:
+            raise PolmError(f"the recorded prompt format is unreadable ({err})", where=str(path),
+                            fix=f"Fix or delete {PROMPT_FORMAT_FILE} (it is rewritten by the next training run).") from None
+
+
+def trained_prompt_format(tokenizer: Any, *, chat: bool, suffix: str = "",
+                          system: str | None = None) -> TrainedPromptFormat:
+    """The format a recipe trains with: `chat` only when the tokenizer has a template (as encoding does);
+    the end-of-turn token is what training targets end with (`end_of_turn_token`)."""
+    chat = bool(chat and getattr(tokenizer, "chat_template", None))
+    end = end_of_turn_token(tokenizer, chat)
+    return TrainedPromptFormat(chat=chat, suffix=suffix, system=system or None, stop=(end,) if end else (),
+                               end_of_turn=end)
+
+
+def end_of_turn_token(tokenizer: Any, chat: bool) -> str | None:
+    """The token that closes an assistant turn: the first token the chat template writes after the
+    assistant's content (`<|im_end|>` for ChatML), or the eos token for plain text (encoding appends it)."""
+    if not chat:
+        return tokenizer.eos_token
+    marker = "polm-end-of-turn-marker"
+    full = _render(tokenizer, [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}],
+                   generation_prompt=False)
+    tail = full[full.rfind(marker) + len(marker):].strip()
+    ids = _ids(tokenizer, tail)
+    return tokenizer.decode(ids[:1]) if ids else None
 
 
 @dataclass

@@ -38,6 +38,7 @@ class EvalConfig:
     device: str = "auto"
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     chat: Literal["auto", "true", "false"] = "auto"
+    prompt_format: bool = True     # apply a model directory's recorded prompt format (polm_prompt.json)
     out: str | None = None
     judge: str | None = None
     judge_prompts: str | None = None
@@ -63,6 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--chat", default="auto", choices=["auto", "true", "false"],
                         help="apply the tokenizer's chat template (auto: when it has one)")
+    parser.add_argument("--no-prompt-format", dest="prompt_format", action="store_false",
+                        help="ignore the prompt format a model directory records (polm_prompt.json): its "
+                             "chat choice, system prompt and end-of-turn stop; tasks always use their own "
+                             "answer instructions, never the recorded suffix")
     parser.add_argument("--out", default=None, help="output directory (default runs/eval-<time>)")
     parser.add_argument("--list-tasks", action="store_true", help="list the registered tasks and exit")
     parser.add_argument("--judge", default=None,
@@ -129,7 +134,7 @@ def _evaluate_model(ref: str, args: argparse.Namespace, settings: EvalSettings, 
     from polm.eval.runner import evaluate, slug
 
     adapter = ModelAdapter.load(ref, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                                chat=args.chat)
+                                chat=args.chat, prompt_format=args.prompt_format)
     result = evaluate(adapter, args.task, limit=args.limit, settings=settings, out_dir=out / slug(ref),
                       prepared=prepared)
     del adapter   # free the model before the next one loads
@@ -150,7 +155,8 @@ def _judge(args: argparse.Namespace, prompts: list, out: Path) -> dict[str, Any]
     from polm.io import atomic_write_json
 
     a, b, judge = (ModelAdapter.load(ref, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                                     chat=args.chat) for ref in (*args.model, args.judge))
+                                     chat=args.chat, prompt_format=args.prompt_format)
+                   for ref in (*args.model, args.judge))
     result = pairwise_win_rate(a, b, judge, prompts, rubric=args.rubric or DEFAULT_RUBRIC,
                                max_new_tokens=args.max_new_tokens or 256, seed=args.seed)
     atomic_write_json(out / "judge.json", result)

@@ -2,6 +2,11 @@
 
 Tasks only ever call these two methods (the lm-evaluation-harness split), so a task written once runs
 on a base model, a PEFT adapter, a merged or a quantized model alike.
+
+A model directory that records its training prompt format (`polm_prompt.json`) is evaluated with its
+chat-or-plain choice (under chat=auto), its system prompt and its end-of-turn stop; the recorded suffix
+is NOT added: each task writes its own answer instruction, and that wins (the demo's recorded suffix is
+the same answer-format line, which would otherwise appear twice). Models without a record: unchanged.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from typing import Literal
 
 import torch
 
+from polm.data.templating import TrainedPromptFormat
 from polm.errors import PolmError
 
 Prompt = str | list[dict]
@@ -32,15 +38,17 @@ class ModelAdapter:
 
     `chat`: "auto" applies the tokenizer's chat template when it has one, "true" requires one, "false"
     feeds prompts as raw text. `max_length`: the most positions one forward pass may see (default: the
-    model's `max_position_embeddings`, else 2048).
+    model's `max_position_embeddings`, else 2048). `prompt_format`: the recorded training format whose
+    system prompt `format_prompt` applies (its suffix is left to the tasks' own instructions).
     """
 
     def __init__(self, model, tokenizer, *, batch_size: int = 8, chat: ChatMode = "auto",
-                 max_length: int | None = None, name: str = "model"):
+                 max_length: int | None = None, name: str = "model",
+                 prompt_format: TrainedPromptFormat | None = None):
         if chat == "true" and not getattr(tokenizer, "chat_template", None):
             raise PolmError(f"chat=true but the tokenizer of '{name}' has no chat template",
                             fix="Use chat=auto (plain text when there is no template) or chat=false.")
-        self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.model, self.tokenizer, self.name, self.prompt_format = model, tokenizer, name, prompt_format
         self.batch_size = max(1, batch_size)
         self.chat = chat != "false" and bool(getattr(tokenizer, "chat_template", None))
         config_len = getattr(getattr(model, "config", None), "max_position_embeddings", None)
@@ -48,9 +56,11 @@ class ModelAdapter:
 
     @classmethod
     def load(cls, ref: str, *, device: str = "auto", dtype: str = "auto", batch_size: int = 8,
-             chat: ChatMode = "auto") -> ModelAdapter:
-        """Load an embedded name, a local (adapter) directory or a hub id; failures are one PolmError."""
-        from polm.generate import load_for_inference
+             chat: ChatMode = "auto", prompt_format: bool = True) -> ModelAdapter:
+        """Load an embedded name, a local (adapter) directory or a hub id; failures are one PolmError.
+        `prompt_format`: apply the format recorded in the directory (chat choice when chat=auto, system
+        prompt, end-of-turn stop), if it records one."""
+        from polm.generate import load_for_inference, recorded_prompt_format, stop_at
 
         try:
             model, tokenizer = load_for_inference(ref, device=device, dtype=dtype)
@@ -62,7 +72,11 @@ class ModelAdapter:
                             fix="Point --model at a directory with config.json + safetensors weights, "
                                 "an adapter directory, or an embedded name (`polm assets list`).") from None
         model.eval()
-        return cls(model, tokenizer, batch_size=batch_size, chat=chat, name=ref)
+        fmt = recorded_prompt_format(ref, use=prompt_format)
+        if fmt is not None:
+            stop_at(model, tokenizer, list(fmt.stop))   # special end-of-turn tokens; tasks keep their own stops
+            chat = ("true" if fmt.chat else "false") if chat == "auto" else chat
+        return cls(model, tokenizer, batch_size=batch_size, chat=chat, name=ref, prompt_format=fmt)
 
     @property
     def device(self) -> torch.device:
@@ -74,6 +88,8 @@ class ModelAdapter:
         """A user string or a message list → the exact text the model continues (chat template or plain)."""
         from polm.data.templating import format_prompt
 
+        if self.prompt_format is not None:
+            prompt = self.prompt_format.wrap(prompt, suffix=False)
         return format_prompt(self.tokenizer, prompt, self.chat)
 
     def _encode(self, text: str) -> list[int]:

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from polm.data.templating import PROMPT_FORMAT_FILE, TrainedPromptFormat
 from polm.errors import PolmError
 from polm.io import atomic_dir, atomic_write_json
 from polm.merge.adapters import check_adapter_plan, write_adapter
@@ -230,9 +231,22 @@ def execute(plan: MergePlan, progress: Callable[[int, int], None] | None = None)
         else:
             files = write_weights(plan, tmp, progress)
         write_model_files(plan, tmp)
-        (tmp / "README.md").write_text(model_card(plan))
+        fmt = inherited_prompt_format(plan)
+        (tmp / "README.md").write_text(model_card(plan) + (fmt.card_section() if fmt else ""))
+        if fmt is not None:
+            (tmp / PROMPT_FORMAT_FILE).write_text(fmt.to_json())
         write_lineage(plan, tmp, files)
     return plan.output
+
+
+def inherited_prompt_format(plan: MergePlan) -> TrainedPromptFormat | None:
+    """The prompt format the merged model keeps: the first input's (in config order, then the base's)
+    that records one in `polm_prompt.json`."""
+    for inp in [*plan.inputs, *([plan.base] if plan.base else [])]:
+        fmt = TrainedPromptFormat.read(inp.path)
+        if fmt is not None:
+            return fmt
+    return None
 
 
 def run_merge(cfg: MergeConfig, progress: Callable[[int, int], None] | None = None) -> Path:

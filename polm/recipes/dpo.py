@@ -26,6 +26,7 @@ import torch
 from polm.data.collate import pack_collate, pad_collate
 from polm.data.loaders import summarize_skips
 from polm.data.preferences import encode_pairs, encode_unpaired, load_preferences, mismatched, split_by_prompt
+from polm.data.templating import trained_prompt_format
 from polm.errors import PolmError
 from polm.io import records_sha256
 from polm.losses import PREFERENCE_LOSSES, PairLogps, UnpairedLogps
@@ -136,7 +137,8 @@ def run_dpo(cfg: DPOConfig) -> dict:
     lineage = {"model": cfg.model.name, "loss": cfg.loss, "loss_params": kwargs, "data": data_info}
     with run_directory(run_dir, cfg, recipe="dpo", overwrite=cfg.overwrite, lineage=lineage):
         result = train(model=model, step_fn=step, batches=batches, cfg=cfg.train, run_dir=run_dir, eval_fn=eval_fn)
-        final_dir = save_final(model, tokenizer, run_dir, card=model_card(cfg, run_dir, kwargs))
+        final_dir = save_final(model, tokenizer, run_dir, card=model_card(cfg, run_dir, kwargs),
+                               prompt_format=trained_prompt_format(tokenizer, chat=cfg.data.chat))
         plot_metrics(run_dir)
     return {"steps": result.steps, "final_loss": result.final_loss, "losses": result.losses, "loss": cfg.loss,
             "final_dir": str(final_dir), "model": model, "run_dir": str(run_dir), "data": data_info}

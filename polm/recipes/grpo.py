@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 
 from polm.advantages import ADVANTAGES
+from polm.data.templating import trained_prompt_format
 from polm.errors import PolmError
 from polm.io import atomic_write_json
 from polm.losses.kl import KL_ESTIMATORS
@@ -153,7 +154,9 @@ def run_grpo(cfg: GRPOConfig) -> dict:
                   "training_s": result.elapsed_s - stream.session_generation_s,
                   "reward_failures": dict(rewards.failures)}
         atomic_write_json(run_dir / "timing.json", timing)
-        final_dir = save_final(model, tokenizer, run_dir, card=model_card(cfg, run_dir))
+        final_dir = save_final(model, tokenizer, run_dir, card=model_card(cfg, run_dir),
+                               prompt_format=trained_prompt_format(tokenizer, chat=cfg.data.chat,
+                                                                   suffix=cfg.data.prompt_suffix))
         plot_metrics(run_dir)   # loss.png, reward.png (total and each reward), lr.png, grad_norm.png
     rewards.report_failures()
     return {"steps": result.steps, "losses": result.losses, "final_dir": str(final_dir), "model": model,

@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 
 from polm.advantages import gae_advantages
+from polm.data.templating import trained_prompt_format
 from polm.errors import PolmError
 from polm.io import atomic_write_json
 from polm.losses.policy import POLICY_LOSSES, clipped_value_loss
@@ -136,7 +137,9 @@ def run_ppo(cfg: PPOConfig) -> dict:
                                              "training_s": result.elapsed_s - stream.session_generation_s,
                                              "reward_failures": dict(rewards.failures)})
         final_dir = save_final(model, tokenizer, run_dir, card=model_card(cfg, run_dir),
-                               extra_files={VALUE_HEAD_FILE: value_head_bytes(head)})
+                               extra_files={VALUE_HEAD_FILE: value_head_bytes(head)},
+                               prompt_format=trained_prompt_format(tokenizer, chat=cfg.data.chat,
+                                                                   suffix=cfg.data.prompt_suffix))
         plot_metrics(run_dir)   # loss.png, reward.png (total and each reward), lr.png, grad_norm.png
     rewards.report_failures()
     return {"steps": result.steps, "losses": result.losses, "final_dir": str(final_dir), "model": model,

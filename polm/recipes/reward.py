@@ -22,6 +22,7 @@ import torch
 from polm.data.collate import pad_collate
 from polm.data.loaders import summarize_skips
 from polm.data.preferences import encode_completion, load_preferences, split_by_prompt
+from polm.data.templating import trained_prompt_format
 from polm.errors import PolmError
 from polm.io import atomic_write_json, records_sha256
 from polm.losses import REWARD_MODEL_LOSSES
@@ -110,7 +111,8 @@ def run_rm(cfg: RMConfig) -> dict:
         result = train(model=model, step_fn=step, batches=batches, cfg=cfg.train, run_dir=run_dir, eval_fn=evaluate)
         final_eval = evaluate() if evaluate else {}
         atomic_write_json(run_dir / "eval" / "pairs.json", {"eval_pairs": len(eval_ex), **final_eval})
-        final_dir = save_final(merge_adapter(model), tokenizer, run_dir, card=model_card(cfg, run_dir, final_eval))
+        final_dir = save_final(merge_adapter(model), tokenizer, run_dir, card=model_card(cfg, run_dir, final_eval),
+                               prompt_format=trained_prompt_format(tokenizer, chat=cfg.data.chat))
         plot_metrics(run_dir)
     return {"steps": result.steps, "final_loss": result.final_loss, "losses": result.losses, "eval": final_eval,
             "eval_pairs": len(eval_ex), "final_dir": str(final_dir), "run_dir": str(run_dir), "data": info}

@@ -20,7 +20,7 @@ from typing import Literal
 
 from polm.data.collate import pack_collate, pad_collate
 from polm.data.loaders import load_records, summarize_skips
-from polm.data.templating import encode_records
+from polm.data.templating import encode_records, trained_prompt_format
 from polm.errors import PolmError
 from polm.io import records_sha256
 from polm.models import LoraConfig, ModelConfig, attach_adapter, load_model, load_tokenizer
@@ -44,6 +44,8 @@ class SFTData:
     truncation: Literal["right", "drop"] = "right"
     packing: bool = True              # padding-free: a micro-batch is one row with per-example positions
     chat: bool = True                 # chat-template prompt/completion records
+    prompt_suffix: str = ""           # appended on a new line to each prompt (e.g. the eval's answer-format line)
+    system_prompt: str | None = None  # a system turn before each prompt (chat records without one)
     skip_invalid: bool = False        # count and skip malformed records instead of stopping
 
 
@@ -113,7 +115,8 @@ def run_sft(cfg: SFTConfig) -> dict:
     lineage = {"model": cfg.model.name, "data": data_info}
     with run_directory(run_dir, cfg, recipe="sft", overwrite=cfg.overwrite, lineage=lineage):
         result = train(model=model, step_fn=step, batches=batches, cfg=cfg.train, run_dir=run_dir, eval_fn=eval_fn)
-        final_dir = save_final(model, tokenizer, run_dir, card=model_card(cfg, run_dir))
+        final_dir = save_final(model, tokenizer, run_dir, card=model_card(cfg, run_dir),
+                               prompt_format=prompt_format(cfg, tokenizer))
         plot_metrics(run_dir)
     return {"steps": result.steps, "final_loss": result.final_loss, "final_dir": str(final_dir), "model": model,
             "run_dir": str(run_dir), "data": data_info}
@@ -125,10 +128,12 @@ def prepare_data(cfg: SFTConfig, tokenizer) -> tuple[list[dict], list[dict], dic
     loaded = load_records(cfg.data.train, skip_invalid=cfg.data.skip_invalid, allowed=allowed)
     if loaded.skipped:
         print(summarize_skips(loaded))
-    records = loaded.records
+    fmt = prompt_format(cfg, tokenizer)
+    records = [fmt.wrap_record(r) for r in loaded.records]
     eval_records: list[dict] = []
     if cfg.data.eval:
-        eval_records = load_records(cfg.data.eval, skip_invalid=cfg.data.skip_invalid, allowed=allowed).records
+        eval_records = [fmt.wrap_record(r) for r in
+                        load_records(cfg.data.eval, skip_invalid=cfg.data.skip_invalid, allowed=allowed).records]
     elif cfg.data.eval_fraction > 0:
         order = list(range(len(records)))
         random.Random(cfg.train.seed).shuffle(order)
@@ -144,6 +149,12 @@ def prepare_data(cfg: SFTConfig, tokenizer) -> tuple[list[dict], list[dict], dic
     info = {"train": cfg.data.train, "train_sha256": records_sha256(loaded.records), "examples": len(examples),
             "eval_examples": len(eval_examples), "skipped": len(loaded.skipped), "encode": vars(stats)}
     return examples, eval_examples, info
+
+
+def prompt_format(cfg: SFTConfig, tokenizer):
+    """The prompt format the data settings give every training prompt (recorded in `final/`)."""
+    return trained_prompt_format(tokenizer, chat=cfg.data.chat, suffix=cfg.data.prompt_suffix,
+                                 system=cfg.data.system_prompt)
 
 
 def model_card(cfg: SFTConfig, run_dir: Path) -> str:

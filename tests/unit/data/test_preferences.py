@@ -156,7 +156,7 @@ def test_references_builder_writes_pairs_with_provenance(tmp_path, capsys):
 
 def test_prompt_suffix_reaches_every_prompt_string_or_chat(tmp_path):
     from polm.cli import main
-    from polm.data.cli import with_suffix
+    from polm.data.templating import with_suffix
 
     src = tmp_path / "refs.jsonl"
     src.write_text(json.dumps({"prompt": "What is 1 + 2?", "completion": "1 + 2 = 3\nAnswer: 3"}) + "\n")
