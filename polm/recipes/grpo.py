@@ -36,7 +36,7 @@ from polm.rollout import build_generator
 from polm.rollout.batch import collate_rollout, policy_forward
 from polm.rollout.prompts import prepare_prompts
 from polm.rollout.reference import add_reference_logprobs, rl_reference
-from polm.rollout.settings import PromptData, RolloutSettings
+from polm.rollout.settings import PromptData, RolloutSettings, rl_model_card
 from polm.rollout.stream import RolloutStream
 from polm.rundir import check_output_dir, run_directory
 from polm.train.config import TrainConfig
@@ -154,7 +154,7 @@ def run_grpo(cfg: GRPOConfig) -> dict:
                   "training_s": result.elapsed_s - stream.session_generation_s,
                   "reward_failures": dict(rewards.failures)}
         atomic_write_json(run_dir / "timing.json", timing)
-        final_dir = save_final(model, tokenizer, run_dir, card=model_card(cfg, run_dir),
+        final_dir = save_final(model, tokenizer, run_dir, card=rl_model_card("GRPO", cfg, run_dir),
                                prompt_format=trained_prompt_format(tokenizer, chat=cfg.data.chat,
                                                                    suffix=cfg.data.prompt_suffix))
         plot_metrics(run_dir)   # loss.png, reward.png (total and each reward), lr.png, grad_norm.png
@@ -163,11 +163,3 @@ def run_grpo(cfg: GRPOConfig) -> dict:
             "run_dir": str(run_dir), "timing": timing, "reward_mean": stream.metrics.get("reward/mean", float("nan")),
             "reward_failures": dict(rewards.failures)}
 
-
-def model_card(cfg: GRPOConfig, run_dir: Path) -> str:
-    """README of `final/`: a LoRA adapter or a full model, its prompts, rewards and rollout shape."""
-    kind = "full model" if cfg.method == "full" else f"LoRA adapter (r={cfg.lora.r}, alpha={cfg.lora.alpha})"
-    return (f"# {run_dir.name}\n\nGRPO fine-tune of `{cfg.model.name}` written by polm ({kind}).\n\n"
-            f"- prompts: `{cfg.data.train}`\n- rewards: {cfg.rewards}\n- steps: {cfg.train.max_steps}, "
-            f"lr {cfg.train.lr}, {cfg.rollout.prompts_per_rollout} prompts × {cfg.rollout.group_size} "
-            f"completions per rollout\n")

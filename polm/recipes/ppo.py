@@ -36,7 +36,7 @@ from polm.rollout import build_generator
 from polm.rollout.batch import collate_rollout, policy_forward
 from polm.rollout.prompts import prepare_prompts
 from polm.rollout.reference import add_reference_logprobs, rl_reference
-from polm.rollout.settings import PromptData, RolloutSettings
+from polm.rollout.settings import PromptData, RolloutSettings, rl_model_card
 from polm.rollout.stream import RolloutStream
 from polm.rundir import check_output_dir, run_directory
 from polm.train.config import TrainConfig
@@ -136,7 +136,7 @@ def run_ppo(cfg: PPOConfig) -> dict:
         atomic_write_json(run_dir / "timing.json", {"generation_s": stream.session_generation_s,
                                              "training_s": result.elapsed_s - stream.session_generation_s,
                                              "reward_failures": dict(rewards.failures)})
-        final_dir = save_final(model, tokenizer, run_dir, card=model_card(cfg, run_dir),
+        final_dir = save_final(model, tokenizer, run_dir, card=rl_model_card("PPO", cfg, run_dir),
                                extra_files={VALUE_HEAD_FILE: value_head_bytes(head)},
                                prompt_format=trained_prompt_format(tokenizer, chat=cfg.data.chat,
                                                                    suffix=cfg.data.prompt_suffix))
@@ -177,11 +177,3 @@ def add_values_and_advantages(model, head: ValueHead, examples: list[dict], pad_
         ex.update(advantage=adv[i, :n].tolist(), returns=returns[i, :n].tolist())
     return float(masked_mean(kl, mask))
 
-
-def model_card(cfg: PPOConfig, run_dir: Path) -> str:
-    """README of `final/`: a LoRA adapter or a full model (value head beside it), its prompts, rewards, rollout shape."""
-    kind = "full model" if cfg.method == "full" else f"LoRA adapter (r={cfg.lora.r}, alpha={cfg.lora.alpha})"
-    return (f"# {run_dir.name}\n\nPPO fine-tune of `{cfg.model.name}` written by polm ({kind}).\n\n"
-            f"- prompts: `{cfg.data.train}`\n- rewards: {cfg.rewards}\n- steps: {cfg.train.max_steps}, "
-            f"lr {cfg.train.lr}, {cfg.rollout.prompts_per_rollout} prompts × {cfg.rollout.group_size} "
-            f"completions per rollout\n")

@@ -4,6 +4,7 @@ prompts, how they are formatted, and how completions are sampled from them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from polm.rollout.base import SamplingConfig
 from polm.rollout.stream import check_rollout_shape
@@ -39,3 +40,13 @@ class RolloutSettings:
         """Valid sampling settings, and rollouts that fill whole optimizer steps."""
         self.sampling().validate()
         check_rollout_shape(self.prompts_per_rollout, self.group_size, train.micro_batch_size, train.grad_accum)
+
+
+def rl_model_card(recipe: str, cfg, run_dir: Path) -> str:
+    """README of an RL run's `final/` (GRPO, PPO): a LoRA adapter or a full model, its prompts, rewards
+    and rollout shape. `cfg` has method, lora, model, data (PromptData), rewards, train, rollout."""
+    kind = "full model" if cfg.method == "full" else f"LoRA adapter (r={cfg.lora.r}, alpha={cfg.lora.alpha})"
+    return (f"# {run_dir.name}\n\n{recipe} fine-tune of `{cfg.model.name}` written by polm ({kind}).\n\n"
+            f"- prompts: `{cfg.data.train}`\n- rewards: {cfg.rewards}\n- steps: {cfg.train.max_steps}, "
+            f"lr {cfg.train.lr}, {cfg.rollout.prompts_per_rollout} prompts × {cfg.rollout.group_size} "
+            f"completions per rollout\n")
