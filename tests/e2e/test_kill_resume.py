@@ -73,11 +73,11 @@ PAIRS = [{"prompt": f"What is {a} + {b}?", "chosen": f"The answer is {a + b}.", 
 PROMPTS = ["What is 12 + 7?", "Hello", "good morning", "the lazy dog"]
 STEPS = 8
 COMMON = ["train.lr=0.01", "train.schedule=constant", "train.progress=false", "train.tensorboard=false",
-          "train.save_every=1", f"train.max_steps={STEPS}"]
+          "train.save_every=1"]
 
 
-def recipe_args(recipe: str, model_dir: Path, data: Path, out: Path) -> list[str]:
-    """A tiny `polm <recipe>` command: 8 steps, a checkpoint after every one."""
+def recipe_args(recipe: str, model_dir: Path, data: Path, out: Path, steps: int = STEPS) -> list[str]:
+    """A tiny `polm <recipe>` command of `steps` steps, a checkpoint after every one."""
     if recipe == "sft":   # LoRA: the adapter's parameters are what the checkpoints hold
         extra = ["data.max_length=64", "train.micro_batch_size=4", "lora.r=8", "lora.alpha=16"]
     elif recipe == "dpo":  # full fine-tune against a frozen copy
@@ -88,7 +88,8 @@ def recipe_args(recipe: str, model_dir: Path, data: Path, out: Path) -> list[str
                  "rollout.prompts_per_rollout=2", "rollout.max_new_tokens=4", "train.micro_batch_size=4",
                  "train.grad_accum=2", "epochs_per_rollout=2", "beta=0.04", "kl=k3",
                  "rewards={polm_kill_rewards:digits: 1.0}"]
-    return [recipe, f"model.name={model_dir}", f"data.train={data}", f"output_dir={out}", *COMMON, *extra]
+    return [recipe, f"model.name={model_dir}", f"data.train={data}", f"output_dir={out}", *COMMON,
+            f"train.max_steps={steps}", *extra]
 
 
 def write_data(recipe: str, folder: Path) -> Path:
@@ -156,24 +157,24 @@ class _Position:
         self.state = state
 
 
-def assert_every_checkpoint_loads(run_dir: Path, reference: Path) -> list[int]:
+def assert_every_checkpoint_loads(run_dir: Path, reference: Path, steps: int = STEPS) -> list[int]:
     """Every visible entry of checkpoints/ is a complete `step-N` that load_checkpoint restores into
     parameters named and shaped like `reference`'s (an uninterrupted run's checkpoint); returns the steps."""
     shapes = load_file(reference / "trainable.safetensors")
-    steps = []
+    found = []
     for entry in sorted(checkpoints_dir(run_dir).iterdir()):
         if entry.name.startswith("."):
             continue                                   # the temp dir of a save the kill cut short
         assert entry.is_dir() and entry.name.startswith("step-"), entry
         params = {name: nn.Parameter(torch.zeros_like(t)) for name, t in shapes.items()}
         optimizer = build_optimizer(list(params.values()), TrainConfig(lr=0.01))
-        state = TrainState(params, optimizer, build_scheduler(optimizer, TrainConfig(lr=0.01), STEPS), _Position())
+        state = TrainState(params, optimizer, build_scheduler(optimizer, TrainConfig(lr=0.01), steps), _Position())
         with torch.random.fork_rng():
             meta = load_checkpoint(entry, state)
         assert meta["step"] == int(entry.name.split("-")[1]) and state.batches.state
         assert any(p.abs().sum() > 0 for p in params.values())
-        steps.append(meta["step"])
-    return steps
+        found.append(meta["step"])
+    return sorted(found)
 
 
 def history(run_dir: Path) -> list[tuple[int, float, float]]:
@@ -181,24 +182,27 @@ def history(run_dir: Path) -> list[tuple[int, float, float]]:
 
 
 def run_with_kills(launcher: Launcher, argv: list[str], run_dir: Path, log: Path, reference: Path,
-                   rng: random.Random, kills: int) -> list[int | None]:
-    """Start `argv` again and again: SIGKILL it `kills` times, each once a random step's checkpoint is on
+                   rng: random.Random, kills: int, steps: int = STEPS,
+                   sig: signal.Signals = signal.SIGKILL) -> list[int | None]:
+    """Start `argv` again and again: send `sig` `kills` times, each once a random step's checkpoint is on
     disk (plus a random few ms, to land anywhere in the next step or save), the k-th kill within the first
-    1/(kills - k) of the steps left; then let it finish. Returns
-    the checkpoint step each attempt began from (None: from scratch)."""
+    1/(kills - k) of the steps left; then let it finish. After each kill every checkpoint must load.
+    Returns the checkpoint step each attempt began from (None: from scratch)."""
     began_from: list[int | None] = []
+    stopped = -sig if sig == signal.SIGKILL else 2       # SIGTERM: checkpoint, one line, exit code 2
     for attempt in range(kills + 1):
         began_from.append(latest_step(run_dir))
         pid = launcher.start(argv, log)
         if attempt < kills:
             start = began_from[-1] or 0                # the kills share the steps left before the last
-            wait_for_checkpoint(run_dir, rng.randint(start + 1, start + (STEPS - 2 - start) // (kills - attempt)), log)
+            wait_for_checkpoint(run_dir, rng.randint(start + 1, start + (steps - 2 - start) // (kills - attempt)),
+                                log)
             time.sleep(rng.uniform(0.0, 0.02))
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, sig)
         code = launcher.wait(pid)
-        assert code == (-signal.SIGKILL if attempt < kills else 0), log.read_text()[-3000:]
+        assert code == (stopped if attempt < kills else 0), log.read_text()[-3000:]
         if attempt < kills:
-            assert assert_every_checkpoint_loads(run_dir, reference)
+            assert assert_every_checkpoint_loads(run_dir, reference, steps)
     return began_from
 
 
