@@ -115,12 +115,16 @@ def save_checkpoint(run_dir: Path, step: int, state: TrainState, extra: dict[str
     return final
 
 
-def _save_failed(run_dir: Path, step: int, err: OSError) -> PolmError:
+class CheckpointWriteError(PolmError, OSError):
+    """A checkpoint could not be written (full disk, vanished mount): one line for people, still an OSError."""
+
+
+def _save_failed(run_dir: Path, step: int, err: OSError) -> CheckpointWriteError:
     previous = latest_checkpoint(run_dir)
     kept = (f"The previous checkpoint {previous} is intact: free some space and rerun the same command to "
             "resume from it" if previous else "No earlier checkpoint exists: free some space and rerun")
-    return PolmError(f"could not write the checkpoint of step {step} ({err.strerror or err})",
-                     where=str(checkpoint_path(run_dir, step)), fix=kept)
+    return CheckpointWriteError(f"could not write the checkpoint of step {step} ({err.strerror or err})",
+                                where=str(checkpoint_path(run_dir, step)), fix=kept)
 
 
 def _prune(root: Path, run_dir: Path, keep: int) -> None:
