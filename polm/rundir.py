@@ -3,7 +3,9 @@
 A run directory is created only after config, data and model have all loaded, so a user mistake
 never leaves a directory behind. `run.json` records the status: `running`, `completed`, `interrupted`
 (SIGTERM/SIGINT, resumable) or `failed` (with the error), so a directory never claims a success it did
-not have, and one entry per attempt (started, resumed_from, ended, status) so a resumed run says so.
+not have, and one entry per attempt (started, resumed_from, ended, status) so a resumed run says so. An
+attempt whose process died without a word (SIGKILL, the OOM killer, a power cut) is marked `killed` by
+the next one.
 """
 
 from __future__ import annotations
@@ -123,9 +125,10 @@ def run_directory(run_dir: Path, cfg: Any, *, recipe: str, overwrite: bool,
     dump_config(cfg, run_dir / "config.yaml")
     atomic_write_json(run_dir / "lineage.json", {"recipe": recipe, **lineage})
     attempt = {"started": time.time()}
+    earlier = [a if "status" in a else {**a, "status": "killed"} for a in previous.get("attempts", [])]
     atomic_write_json(run_dir / "run.json", {"recipe": recipe, "status": "running",
                                              "started": previous.get("started", attempt["started"]),
-                                             "attempts": [*previous.get("attempts", []), attempt]})
+                                             "attempts": [*earlier, attempt]})
     try:
         yield run_dir
     except BaseException as err:

@@ -106,10 +106,25 @@ def save_checkpoint(run_dir: Path, step: int, state: TrainState, extra: dict[str
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(run_dir, step)
-    with atomic_dir(final, overwrite=True) as tmp:  # a re-run of the same step swaps the old copy out
-        _write_files(tmp, step, state, extra)
+    try:
+        with atomic_dir(final, overwrite=True) as tmp:  # a re-run of the same step swaps the old copy out
+            _write_files(tmp, step, state, extra)
+    except OSError as err:  # a full disk, a vanished mount: the temp dir is gone, older checkpoints untouched
+        raise _save_failed(run_dir, step, err) from err
     _prune(root, run_dir, keep)
     return final
+
+
+class CheckpointWriteError(PolmError, OSError):
+    """A checkpoint could not be written (full disk, vanished mount): one line for people, still an OSError."""
+
+
+def _save_failed(run_dir: Path, step: int, err: OSError) -> CheckpointWriteError:
+    previous = latest_checkpoint(run_dir)
+    kept = (f"The previous checkpoint {previous} is intact: free some space and rerun the same command to "
+            "resume from it" if previous else "No earlier checkpoint exists: free some space and rerun")
+    return CheckpointWriteError(f"could not write the checkpoint of step {step} ({err.strerror or err})",
+                                where=str(checkpoint_path(run_dir, step)), fix=kept)
 
 
 def _prune(root: Path, run_dir: Path, keep: int) -> None:

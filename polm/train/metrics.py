@@ -1,8 +1,8 @@
 """Where training numbers go: `metrics.jsonl` (one JSON object per line), TensorBoard, progress (a bar on
 a terminal, plain lines elsewhere).
 
-metrics.jsonl is the run's single history: on resume from step N, lines after N are dropped, so a
-killed-and-resumed run reads exactly like an uninterrupted one.
+metrics.jsonl is the run's single history: on resume from step N, lines after N (and a last line torn
+by a kill) are dropped, so a killed-and-resumed run reads exactly like an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -40,7 +40,10 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return
-    kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= last_step]
+    lines = path.read_text().splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):   # torn by a kill or a full disk mid-write: never a whole record
+        lines.pop()
+    kept = [r for r in map(json.loads, filter(str.strip, lines)) if r.get("step", 0) <= last_step]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 

@@ -56,6 +56,20 @@ def test_check_output_dir(tmp_path):
         check_output_dir(tmp_path / "interrupted", resume=False, overwrite=False)
 
 
+def test_an_attempt_that_died_without_a_word_is_marked_killed_by_the_next(tmp_path):
+    run_dir = tmp_path / "run"
+    with run_directory(run_dir, Cfg(), recipe="t", overwrite=False, lineage={}):
+        record_resume(run_dir, 0)
+        (run_dir / "checkpoints" / "step-2").mkdir(parents=True)
+    run = read_run(run_dir)                                  # as a SIGKILL leaves it: status "running"
+    run["status"], run["attempts"][0] = "running", {"started": run["attempts"][0]["started"], "resumed_from": 0}
+    (run_dir / "run.json").write_text(json.dumps(run))
+    with run_directory(run_dir, Cfg(), recipe="t", overwrite=False, lineage={}):
+        record_resume(run_dir, 2)
+    attempts = read_run(run_dir)["attempts"]
+    assert [(a["status"], a.get("resumed_from"), "ended" in a) for a in attempts] == \
+        [("killed", 0, False), ("completed", 2, True)]
+
 def test_first_config_difference_names_the_first_key_and_ignores_bookkeeping():
     old = {"model": "a", "train": {"lr": 0.1, "seed": 0, "progress": True, "max_steps": 10}, "output_dir": "x"}
     assert first_config_difference(old, {**old, "output_dir": "./x"}) is None

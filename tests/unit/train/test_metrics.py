@@ -1,10 +1,11 @@
-"""Progress: plain lines off a terminal (every N steps or T seconds, with ETA), only the bar on one."""
+"""Progress: plain lines off a terminal (every N steps or T seconds, with ETA), only the bar on one; resume truncation."""
 
 from __future__ import annotations
 
 import io
+import json
 
-from polm.train.metrics import ProgressBar, clock_text
+from polm.train.metrics import MetricsLogger, ProgressBar, clock_text, read_metrics
 
 
 class FakeClock:
@@ -81,3 +82,10 @@ def test_on_a_terminal_only_the_bar_is_drawn(capsys):
     assert "10/10" in drawn and "loss 0.5000" in drawn and "━" in drawn      # the rich bar, finished
     assert "step " not in drawn and "elapsed" not in drawn and "tokens/s" not in drawn   # no plain line
     assert capsys.readouterr() == ("", "")
+
+
+def test_resume_drops_later_records_and_a_line_torn_by_a_kill(tmp_path):
+    rows = [{"step": 1, "loss": 2.5}, {"step": 2, "loss": 2.25}, {"step": 3, "loss": 2.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4, "lo')
+    MetricsLogger(tmp_path, tensorboard=False, resume_step=2).close()
+    assert read_metrics(tmp_path) == rows[:2]
