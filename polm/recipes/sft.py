@@ -79,7 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(SFTConfig, args, ["data.skip_invalid=true"] if args.skip_invalid else [])
     result = run_sft(cfg)
-    print(f"SFT finished: {result['steps']} steps, final loss {result['final_loss']:.4f}; model in {result['final_dir']}")
+    loss = result["final_loss"]   # None when a resumed run had no step left to train
+    print(f"SFT finished: {result['steps']} steps, final loss {'n/a' if loss is None else f'{loss:.4f}'}; "
+          f"model in {result['final_dir']}")
     return 0
 
 
