@@ -102,7 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     extra = (["data.skip_invalid=true"] if args.skip_invalid else []) + ([f"loss={args.loss}"] if args.loss else [])
     result = run_dpo(config_from_args(DPOConfig, args, extra))
-    print(f"{result['loss']} finished: {result['steps']} steps, final loss {'n/a' if result['final_loss'] is None else f"{result['final_loss']:.4f}"}; "
+    loss = result["final_loss"]   # None when a resumed run had no step left to train
+    print(f"{result['loss']} finished: {result['steps']} steps, final loss {'n/a' if loss is None else f'{loss:.4f}'}; "
           f"model in {result['final_dir']}")
     return 0
 
