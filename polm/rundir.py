@@ -29,6 +29,7 @@ from polm.io import atomic_write_json
 RESUMABLE_CHANGES = frozenset({
     "output_dir", "overwrite", "train.resume", "train.progress", "train.tensorboard", "train.log_every",
     "train.save_every", "train.keep_checkpoints", "train.max_steps", "train.epochs", "train.lr",
+    "train.malloc_mmap_threshold_mb",
 })
 
 

@@ -38,6 +38,7 @@ from polm.train.checkpoint import (
     save_checkpoint,
 )
 from polm.train.config import TrainConfig
+from polm.train.memory import set_mmap_threshold
 from polm.train.metrics import METRICS_FILE, MetricsLogger, ProgressBar
 from polm.train.schedule import build_scheduler
 from polm.train.stop import StopRequest
@@ -292,6 +293,7 @@ def train(
     if not isinstance(batches, BatchSource):
         raise TypeError(f"batches must implement polm.train.batches.BatchSource, got {type(batches).__name__}")
     seed_everything(cfg.seed)
+    set_mmap_threshold(cfg.malloc_mmap_threshold_mb)
     params = [p for p in model.parameters() if p.requires_grad] if params is None else params
     if not params:
         raise PolmError("the model has no trainable parameters", fix="Unfreeze some weights or attach an adapter.")
