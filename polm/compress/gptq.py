@@ -1,0 +1,173 @@
+"""GPTQ (Frantar et al., 2022, arXiv:2210.17323): quantize a weight column by column, folding each
+column's rounding error into the not-yet-quantized columns through the inverse Hessian of its inputs.
+
+    H = 2/N Σ_n X_n X_nᵀ                   (X_n [in, tokens] the layer's inputs on calibration sequence n)
+    U = chol(( H + λ I )⁻¹)ᵀ (upper),  λ = percdamp · mean(diag H)
+    for column j:  q_j = Q(w_j),  e_j = (w_j - q_j) / U_jj,  w_{j:} -= e_j U_{j, j:}
+
+Columns are processed in blocks of `block_size` with the updates to later blocks applied lazily
+(one matmul per block); the result does not depend on the block size. Group scales are chosen when
+a group starts, from the weights as updated by every earlier column (the reference's rule).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from polm.compress.quantize import (
+    QUANTIZERS,
+    QuantizedWeight,
+    check_scheme,
+    dequantize,
+    group_params,
+    quantize_codes,
+)
+from polm.errors import PolmError
+
+
+class HessianAccumulator:
+    """Running H = 2/N Σ_n X_n X_nᵀ over N calibration sequences (a batch [B, T, in] adds B sequences)."""
+
+    def __init__(self, in_features: int, device: torch.device | str = "cpu"):
+        self.hessian = torch.zeros(in_features, in_features, dtype=torch.float64, device=device)
+        self.sequences = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        batch = x.shape[0] if x.dim() > 2 else 1
+        x = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
+        total = self.sequences + batch
+        self.hessian.mul_(self.sequences / total).add_(x.T @ x, alpha=2.0 / total)
+        self.sequences = total
+
+
+def inverse_hessian_cholesky(hessian: torch.Tensor, percdamp: float = 0.01) -> torch.Tensor:
+    """Upper Cholesky factor U of (H + λI)⁻¹ with λ = percdamp · mean(diag H): (H + λI)⁻¹ = Uᵀ U."""
+    damp = percdamp * torch.mean(torch.diag(hessian))
+    h = hessian + damp * torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
+    try:
+        inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
+        return torch.linalg.cholesky(inverse, upper=True)
+    except torch.linalg.LinAlgError as err:
+        raise PolmError(f"the calibration Hessian is not positive definite with percdamp={percdamp}",
+                        where="percdamp", fix="Raise percdamp (e.g. 0.1) or calibrate on more sequences.") from err
+
+
+@QUANTIZERS.register("gptq", needs_hessian=True)
+def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int | None = 128,
+                  symmetric: bool = True, block_size: int = 128, percdamp: float = 0.01,
+                  act_order: bool = False) -> QuantizedWeight:
+    """GPTQ codes of `w` [out, in] given the Hessian [in, in] of its inputs (see the module docstring).
+
+    `act_order` quantizes columns in order of decreasing diag(H) (groups are then formed in that
+    order, recorded in `g_idx`). Inputs that never fired (diag H = 0) get weight 0. Computes in
+    float32, or float64 for a float64 `w`.
+    """
+    out_features, in_features = w.shape
+    size = check_scheme(in_features, bits, group_size)
+    dtype = torch.promote_types(w.dtype, torch.float32)
+    weight, h = w.detach().to(dtype).clone(), hessian.detach().to(dtype).clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1
+    weight[:, dead] = 0
+    perm = torch.argsort(torch.diag(h), descending=True, stable=True) if act_order else torch.arange(in_features)
+    weight, h = weight[:, perm], h[perm][:, perm]
+    u = inverse_hessian_cholesky(h, percdamp)
+    codes = torch.zeros_like(weight)
+    scale = torch.zeros(out_features, in_features // size, dtype=dtype)
+    zero = torch.zeros_like(scale)
+    for start in range(0, in_features, block_size):
+        end = min(start + block_size, in_features)
+        block, errors = weight[:, start:end].clone(), torch.zeros(out_features, end - start, dtype=dtype)
+        u_block = u[start:end, start:end]
+        for i in range(end - start):
+            col, g = start + i, (start + i) // size
+            if col % size == 0:
+                current = _current_group(weight, block, errors, u, start, i, size)
+                scale[:, g], zero[:, g] = group_params(current, bits, symmetric)
+            codes[:, col] = quantize_codes(block[:, i], scale[:, g], zero[:, g], bits)
+            errors[:, i] = (block[:, i] - (codes[:, col] - zero[:, g]) * scale[:, g]) / u_block[i, i]
+            block[:, i:] -= errors[:, i, None] * u_block[i, None, i:]
+        weight[:, end:] -= errors @ u[start:end, end:]   # the lazy batch update of all later columns
+    inverse = torch.argsort(perm)
+    g_idx = (torch.arange(in_features) // size)[inverse] if act_order else None
+    return QuantizedWeight(codes[:, inverse].to(torch.int8), scale.float(), zero.to(torch.int8), size, bits,
+                           symmetric, g_idx)
+
+
+def _current_group(weight: torch.Tensor, block: torch.Tensor, errors: torch.Tensor, u: torch.Tensor,
+                   start: int, i: int, size: int) -> torch.Tensor:
+    """Columns start+i .. start+i+size as updated by every earlier column: the in-block part from
+    `block`; a part past the block end still lacks this block's lazy update, so it is applied here."""
+    end, stop = start + block.shape[1], start + i + size
+    inside = block[:, i:i + size]
+    if stop <= end:
+        return inside
+    outside = weight[:, end:stop] - errors[:, :i] @ u[start:start + i, end:stop]
+    return torch.cat([inside, outside], dim=1)
+
+
+class _StageDone(Exception):
+    """Raised by the last hook of a stage: the rest of the forward pass is not needed."""
+
+
+def calibrate(model: nn.Module, modules: dict[str, nn.Linear], batches: Iterable[torch.Tensor]) -> dict[str, HessianAccumulator]:
+    """The input Hessian of each module in `modules`, from forward hooks over the calibration batches."""
+    acc = {name: HessianAccumulator(m.in_features, m.weight.device) for name, m in modules.items()}
+    seen: set[str] = set()
+
+    def hook(name: str):
+        def record(_module, inputs, _output):
+            acc[name].add(inputs[0])
+            seen.add(name)
+            if len(seen) == len(modules):
+                raise _StageDone
+        return record
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in modules.items()]
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                seen.clear()
+                try:
+                    model(input_ids=batch.to(next(model.parameters()).device))
+                except _StageDone:
+                    pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return acc
+
+
+def stages(names: Sequence[str]) -> list[list[str]]:
+    """Linears grouped by transformer block ('model.layers.3.self_attn.q_proj' -> 'model.layers.3'),
+    in model order; a linear outside any numbered block is its own stage."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        parts = name.split(".")
+        cut = next((k for k, p in enumerate(parts[:-1]) if p.isdigit()), None)
+        groups.setdefault(".".join(parts[:cut + 1]) if cut is not None else name, []).append(name)
+    return list(groups.values())
+
+
+def gptq_model(model: nn.Module, batches: Sequence[torch.Tensor], linears: dict[str, nn.Linear], *,
+               bits: int = 4, group_size: int | None = 128, symmetric: bool = True, block_size: int = 128,
+               percdamp: float = 0.01, act_order: bool = False) -> dict[str, QuantizedWeight]:
+    """GPTQ every module of `linears` in place, block by block: each block is calibrated on the outputs
+    of the blocks before it as already quantized. Weights become their dequantized values; returns the
+    codes by module name."""
+    out: dict[str, QuantizedWeight] = {}
+    for stage in stages(list(linears)):
+        modules = {name: linears[name] for name in stage}
+        hessians = calibrate(model, modules, batches)
+        for name, module in modules.items():
+            if hessians[name].sequences == 0:
+                raise PolmError(f"layer '{name}' saw no calibration input", where="targets",
+                                fix="Target only layers the forward pass uses.")
+            qw = gptq_quantize(module.weight, hessians[name].hessian, bits, group_size, symmetric, block_size,
+                               percdamp, act_order)
+            module.weight.data = dequantize(qw, module.weight.dtype)
+            out[name] = qw
+    return out
