@@ -1,11 +1,13 @@
 """Merge a LoRA/DoRA adapter into its base and write a standalone model: `polm export`.
 
     polm export --model runs/sft/final --out runs/sft/merged
+    polm export --model runs/sft/final --out runs/sft/model.gguf --format gguf --quant q8_0
 
-The output is an ordinary Hugging Face directory (safetensors, config, tokenizer, model card) that
-loads with `AutoModelForCausalLM.from_pretrained` and needs neither peft nor polm. It keeps the prompt
-format the adapter records (`polm_prompt.json`). It is written to a temporary directory beside the
-target and renamed into place, so a failed export leaves nothing.
+`--format gguf` writes one llama.cpp GGUF file instead (adapters merged first; polm.compress.gguf).
+The default output is an ordinary Hugging Face directory (safetensors, config, tokenizer, model card)
+that loads with `AutoModelForCausalLM.from_pretrained` and needs neither peft nor polm. It keeps the
+prompt format the adapter records (`polm_prompt.json`). It is written to a temporary directory beside
+the target and renamed into place, so a failed export leaves nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="directory to write the merged model to")
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                         help="dtype of the written weights (auto: as loaded)")
+    parser.add_argument("--format", default="hf", choices=["hf", "gguf"],
+                        help="hf: a Hugging Face directory; gguf: one GGUF file for llama.cpp (--out is the file)")
+    parser.add_argument("--quant", default="f16", choices=["q8_0", "q4_0", "q4_1", "f16", "bf16"],
+                        help="GGUF tensor type of the weight matrices (--format gguf)")
     parser.add_argument("--overwrite", action="store_true")
 
 
@@ -49,6 +55,12 @@ def export_merged(model_ref: str, out: Path, dtype: str = "auto", overwrite: boo
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.format == "gguf":
+        from polm.compress.gguf import export_gguf
+
+        out = export_gguf(args.model, Path(args.out), args.quant, args.overwrite)
+        print(f"wrote {args.quant} GGUF to {out}")
+        return 0
     out = export_merged(args.model, Path(args.out), args.dtype, args.overwrite)
     print(f"wrote merged model to {out}")
     return 0
