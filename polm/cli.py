@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("polm.generate", "batched generation from a model or adapter"),
     "chat": ("polm.chat", "interactive chat with a model or adapter"),
     "export": ("polm.export", "merge an adapter into its base and write a standalone model"),
+    "quantize": ("polm.compress.cli", "weight-only quantization (RTN, GPTQ, torchao) into a loadable model directory"),
     "assets": ("polm.assets_cli", "list or prepare the embedded offline models and datasets"),
     "eval": ("polm.eval.cli", "evaluate models on benchmark tasks"),
     "report": ("polm.eval.report_cli", "write an HTML report with plots for run directories"),
