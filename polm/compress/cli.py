@@ -93,10 +93,10 @@ def quantize_to_dir(cfg: QuantizeConfig):
 
     cfg.validate()
     if cfg.method == "torchao":
-        from polm.compress.quantize import _check_torchao
+        from polm.compress.quantize import check_torchao
         from polm.errors import require
 
-        _check_torchao(require("torchao", "compress", "method: torchao"))
+        check_torchao(require("torchao", "compress", "method: torchao"))
     model = merge_adapter(load_model(ModelConfig(name=cfg.model, device="cpu", dtype="fp32"))).eval()
     tokenizer = load_tokenizer(cfg.model)
     linears = select_linears(model, cfg.targets, cfg.exclude)

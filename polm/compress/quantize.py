@@ -128,7 +128,7 @@ def torchao_quantize(model: torch.nn.Module, bits: int = 8, group_size: int | No
 
     8 bits: `Int8WeightOnlyConfig` (per-channel); 4 bits: `IntxWeightOnlyConfig(int4, PerGroup(group_size))`.
     """
-    _check_torchao(require("torchao", "compress", "torchao quantization"))
+    check_torchao(require("torchao", "compress", "torchao quantization"))
     from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig, quantize_
     from torchao.quantization.granularity import PerAxis, PerGroup
 
@@ -143,7 +143,7 @@ def torchao_quantize(model: torch.nn.Module, bits: int = 8, group_size: int | No
     return model
 
 
-def _check_torchao(torchao) -> None:
+def check_torchao(torchao) -> None:
     """torchao 0.18 needs torch >= 2.11 (its kernels are built against it); refuse older pairs by name."""
     version = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
     if version < (2, 11):
