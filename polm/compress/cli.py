@@ -1,7 +1,7 @@
 """`polm quantize CONFIG [key=value ...]`: weight-only quantization (RTN, GPTQ or torchao) of a model.
 
     polm quantize configs/quantize_int4.yaml
-    polm quantize configs/quantize_gptq.yaml calibration.num_sequences=32 output=runs/quantize/gptq-small
+    polm quantize configs/quantize_gptq.yaml calibration.n_samples=32 output=runs/quantize/gptq-small
 
 The output is a Hugging Face directory that `AutoModelForCausalLM.from_pretrained` loads as an ordinary
 model: the dequantized weights in model.safetensors, plus quantized.safetensors (the int8 / packed int4
@@ -17,15 +17,9 @@ from typing import Literal
 
 import torch
 
+from polm.compress.prune_cli import CalibrationConfig  # one calibration config for pruning and GPTQ
 from polm.config import load_config
 from polm.errors import PolmError
-
-
-@dataclass
-class CalibrationConfig:
-    data: str | None = None         # records for GPTQ: a .jsonl/.json/.csv/.parquet file or builtin:wiki-summaries?n=..
-    num_sequences: int = 128        # N sequences of seq_len tokens, cut from the records' text joined by EOS
-    seq_len: int = 512
 
 
 @dataclass
@@ -58,9 +52,6 @@ class QuantizeConfig:
         if self.method == "torchao" and self.bits == 8 and self.group_size != -1:
             raise PolmError("torchao's int8 weight-only config is per-channel", where="group_size",
                             fix="Set group_size: -1, or bits: 4 for group-wise int4.")
-        if self.method == "gptq" and not self.calibration.data:
-            raise PolmError("GPTQ needs calibration data", where="calibration.data",
-                            fix="Set calibration.data: to a records file or builtin:wiki-summaries?n=128&seed=0.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,8 +115,11 @@ def _quantize(model, tokenizer, linears, cfg: QuantizeConfig) -> dict:
         return rtn_model(linears, cfg.bits, group, cfg.symmetric)
     if cfg.method == "gptq":
         from polm.compress.gptq import gptq_model
+        from polm.compress.prune_layers import calibration_batches
 
-        batches = calibration_batches(tokenizer, cfg.calibration)
+        cal = cfg.calibration
+        batches = calibration_batches(cal.data, tokenizer, n_samples=cal.n_samples, seq_len=cal.seq_len,
+                                      batch_size=cal.batch_size)
         return gptq_model(model, batches, linears, bits=cfg.bits, group_size=group, symmetric=cfg.symmetric,
                           block_size=cfg.gptq.block_size, percdamp=cfg.gptq.percdamp, act_order=cfg.gptq.act_order)
     from polm.compress.quantize import torchao_quantize
@@ -135,32 +129,6 @@ def _quantize(model, tokenizer, linears, cfg: QuantizeConfig) -> dict:
     for module in linears.values():   # written as plain dequantized weights, so transformers loads them
         module.weight = torch.nn.Parameter(module.weight.dequantize().float(), requires_grad=False)
     return {}
-
-
-def calibration_batches(tokenizer, cal: CalibrationConfig) -> list[torch.Tensor]:
-    """`num_sequences` [1, seq_len] token blocks cut from the records' texts joined by EOS."""
-    from polm.data.loaders import load_records
-
-    ids: list[int] = []
-    need = cal.num_sequences * cal.seq_len
-    for record in load_records(cal.data, require_targets=False).records:
-        ids += tokenizer(_record_text(record, tokenizer), add_special_tokens=False)["input_ids"]
-        ids.append(tokenizer.eos_token_id)
-        if len(ids) >= need:
-            break
-    if len(ids) < cal.seq_len:
-        raise PolmError(f"calibration data '{cal.data}' has {len(ids)} tokens, fewer than one sequence of "
-                        f"{cal.seq_len}", where="calibration.data", fix="Use more records or a smaller seq_len.")
-    blocks = torch.tensor(ids[: len(ids) // cal.seq_len * cal.seq_len]).reshape(-1, cal.seq_len)
-    return [b[None] for b in blocks[: cal.num_sequences]]
-
-
-def _record_text(record: dict, tokenizer) -> str:
-    if "messages" in record:
-        return tokenizer.apply_chat_template(record["messages"], tokenize=False)
-    if "text" in record:
-        return record["text"]
-    return str(record.get("prompt", "")) + str(record.get("completion", ""))
 
 
 def _packed(codes: dict) -> bytes:
