@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from polm.compress.gguf import QUANTS as GGUF_QUANTS
 from polm.data.templating import TrainedPromptFormat
 from polm.errors import PolmError
 from polm.models import ModelConfig, load_model, load_tokenizer
@@ -30,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dtype of the written weights (auto: as loaded)")
     parser.add_argument("--format", default="hf", choices=["hf", "gguf"],
                         help="hf: a Hugging Face directory; gguf: one GGUF file for llama.cpp (--out is the file)")
-    parser.add_argument("--quant", default="f16", choices=["q8_0", "q4_0", "q4_1", "f16", "bf16"],
+    parser.add_argument("--quant", default="f16", choices=GGUF_QUANTS,
                         help="GGUF tensor type of the weight matrices (--format gguf)")
     parser.add_argument("--overwrite", action="store_true")
 
