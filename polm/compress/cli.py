@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-from polm.compress.prune_cli import CalibrationConfig  # one calibration config for pruning and GPTQ
+from polm.compress.calibration import CalibrationConfig, calibration_batches
 from polm.config import load_config
 from polm.errors import PolmError
 
@@ -115,7 +115,6 @@ def _quantize(model, tokenizer, linears, cfg: QuantizeConfig) -> dict:
         return rtn_model(linears, cfg.bits, group, cfg.symmetric)
     if cfg.method == "gptq":
         from polm.compress.gptq import gptq_model
-        from polm.compress.prune_layers import calibration_batches
 
         cal = cfg.calibration
         batches = calibration_batches(cal.data, tokenizer, n_samples=cal.n_samples, seq_len=cal.seq_len,

@@ -13,6 +13,7 @@ from typing import Literal
 
 import torch
 
+from polm.compress.hessian import inverse_hessian_cholesky
 from polm.errors import PolmError
 from polm.registry import Registry
 
@@ -148,8 +149,7 @@ def sparsegpt_prune(weight: torch.Tensor, stats: LayerStats, sparsity: Sparsity,
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1
     w[:, dead] = 0
-    h += damp * torch.diagonal(h).mean() * torch.eye(h.shape[0], dtype=h.dtype)
-    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    u = inverse_hessian_cholesky(h, damp)
     mask = torch.ones_like(w, dtype=torch.bool)
     step = sparsity.m if sparsity.is_nm else block_size
     for start in range(0, w.shape[1], step):

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import yaml
 
+from polm.compress.calibration import CalibrationConfig, calibration_batches
 from polm.compress.prune import PRUNE_METHODS, Sparsity, parse_pattern, sparsity_of
 from polm.config import load_config, to_dict
 from polm.errors import PolmError
@@ -28,14 +29,6 @@ from polm.models.load import ModelConfig
 from polm.registry import check_options
 
 STRUCTURED = ("depth", "width")
-
-
-@dataclass
-class CalibrationConfig:
-    data: str = "builtin:wiki-summaries?n=200&seed=0"   # any polm data reference
-    n_samples: int = 32        # windows of seq_len tokens cut from the encoded records
-    seq_len: int = 256
-    batch_size: int = 8
 
 
 @dataclass
@@ -103,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
 def prune(cfg: PruneConfig) -> Path:
     """Load, check, calibrate, prune and write `cfg.output`; nothing is written unless every step succeeds."""
-    from polm.compress.prune_layers import calibration_batches, check_model, prune_layerwise
+    from polm.compress.prune_layers import check_model, prune_layerwise
     from polm.models.load import adapter_base, load_model, load_tokenizer, resolve_path
 
     torch.manual_seed(cfg.seed)

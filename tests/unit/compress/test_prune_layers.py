@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
+from polm.compress.calibration import calibration_batches
 from polm.compress.prune import PRUNE_METHODS, LayerStats, Sparsity
-from polm.compress.prune_layers import calibration_batches, prune_layerwise
+from polm.compress.prune_layers import prune_layerwise
 from polm.errors import PolmError
 
 IDS = [torch.tensor([[5, 9, 12, 40, 7, 3, 100, 8], [2, 4, 6, 8, 10, 12, 14, 16]]), torch.tensor([[1, 7, 9, 30, 2, 6, 8, 9]])]
