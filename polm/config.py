@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-from polm.errors import PolmError, closest
+from polm.errors import PolmError, closest, did_you_mean
 from polm.io import atomic_write_text
 
 T = TypeVar("T")
@@ -163,9 +163,11 @@ def _type_name(tp: Any) -> str:
 def _check(value: Any, tp: Any, key: str, where: str | None) -> Any:
     ok, converted = _coerce(value, tp)
     if not ok:
+        choices = get_args(tp) if get_origin(tp) is Literal else ()
+        fix = did_you_mean(value, choices) if isinstance(value, str) and choices else None
         raise PolmError(
             f"config key '{key}' expects {_type_name(tp)}, got {value!r} ({type(value).__name__})",
-            where=where,
+            where=where, fix=fix,
         )
     return converted
 

@@ -96,9 +96,14 @@ def check_resume_config(run_dir: Path, cfg: Any) -> None:
 
 def record_resume(run_dir: Path, step: int) -> None:
     """Note in run.json that this attempt continued from checkpoint `step` (no-op without run.json)."""
+    record_attempt(run_dir, resumed_from=step)
+
+
+def record_attempt(run_dir: Path, **fields: Any) -> None:
+    """Add `fields` to this attempt's entry in run.json (no-op without run.json)."""
     run = read_run(run_dir)
     if run:
-        run.setdefault("attempts", [{}])[-1]["resumed_from"] = step
+        run.setdefault("attempts", [{}])[-1].update(fields)
         atomic_write_json(Path(run_dir) / "run.json", run)
 
 

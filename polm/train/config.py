@@ -18,6 +18,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     adam_betas: list[float] | None = None   # default (0.9, 0.999)
     adam_eps: float = 1e-8
+    # auto: torch's fused AdamW kernel where it has one for the params' device and dtype, else foreach
+    optimizer_impl: Literal["auto", "fused", "foreach", "for-loop"] = "auto"
     schedule: Literal["constant", "linear", "cosine"] = "cosine"
     warmup_steps: int = 0
     warmup_ratio: float = 0.0          # used when warmup_steps == 0

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from polm.errors import PolmError, TrainingDiverged, TrainingInterrupted
+from polm.errors import PolmError, TrainingDiverged, TrainingInterrupted, did_you_mean
 from polm.ops import IGNORE_INDEX, causal_targets
-from polm.rundir import record_resume
+from polm.rundir import record_attempt, record_resume
 from polm.train.batches import BatchSource
 from polm.train.checkpoint import (
     TrainState,
@@ -108,17 +108,70 @@ def autocast_context(precision: str, device: torch.device) -> contextlib.Abstrac
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
+# torch.optim.AdamW's keyword arguments for each train.optimizer_impl (same math, same state_dict)
+OPTIMIZER_IMPLS: dict[str, dict[str, bool]] = {
+    "fused": {"fused": True, "foreach": False},        # one kernel per device and dtype
+    "foreach": {"fused": False, "foreach": True},      # torch._foreach_* ops over the tensor list
+    "for-loop": {"fused": False, "foreach": False},    # one tensor at a time
+}
+
+
+def _fused_unsupported(params: list[nn.Parameter]) -> str | None:
+    """'device/dtype' of the first param torch has no fused AdamW kernel for, or None when it covers all.
+    torch's own test (the kernel checks it at the first step): a floating-point tensor on a supported device."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    devices = _get_fused_kernels_supported_devices()
+    for p in params:
+        if p.device.type not in devices or not torch.is_floating_point(p):
+            return f"{p.device.type}/{str(p.dtype).removeprefix('torch.')}"
+    return None
+
+
+def resolve_optimizer_impl(impl: str, params: list[nn.Parameter]) -> str:
+    """auto → fused where torch has the kernel for every param's device and dtype, else foreach."""
+    if impl == "auto":
+        return "foreach" if _fused_unsupported(params) else "fused"
+    if impl not in OPTIMIZER_IMPLS:
+        raise PolmError(f"unknown train.optimizer_impl {impl!r}", fix=did_you_mean(impl, ["auto", *OPTIMIZER_IMPLS]))
+    unsupported = _fused_unsupported(params) if impl == "fused" else None
+    if unsupported:
+        raise PolmError(f"train.optimizer_impl=fused: torch {torch.__version__} has no fused AdamW kernel for "
+                        f"parameters on {unsupported}", fix="Use train.optimizer_impl=auto (or foreach).")
+    return impl
+
+
+def optimizer_impl(optimizer: torch.optim.Optimizer) -> str:
+    """The OPTIMIZER_IMPLS name the optimizer's first param group runs with."""
+    group = optimizer.param_groups[0]
+    flags = {"fused": bool(group.get("fused")), "foreach": bool(group.get("foreach"))}
+    return next(name for name, kwargs in OPTIMIZER_IMPLS.items() if kwargs == flags)
+
+
+def set_optimizer_impl(optimizer: torch.optim.Optimizer, impl: str) -> None:
+    """Run `impl` from the next step on: load_state_dict restores the saved groups' flags with the state.
+    The step counters move where `impl` keeps them (fused: the param's device; else the CPU), as float32."""
+    for group in optimizer.param_groups:
+        group.update(OPTIMIZER_IMPLS[impl])
+        for p in group["params"]:
+            step = optimizer.state.get(p, {}).get("step")
+            if isinstance(step, torch.Tensor):
+                device = p.device if group["fused"] or group.get("capturable") else torch.device("cpu")
+                optimizer.state[p]["step"] = step.to(device=device, dtype=torch.float32)
+
+
 def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; biases and norm weights (1-D tensors) get no weight decay; fused on CUDA."""
+    """AdamW as cfg.optimizer_impl (resolve_optimizer_impl); biases and norm weights (1-D tensors) get
+    no weight decay."""
     betas = tuple(cfg.adam_betas) if cfg.adam_betas else (0.9, 0.999)
     if len(betas) != 2:
         raise PolmError(f"train.adam_betas must be two numbers, got {cfg.adam_betas}",
                         fix="Write e.g. train.adam_betas=[0.9,0.95].")
+    impl = resolve_optimizer_impl(cfg.optimizer_impl, params)
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    fused = True if all(p.is_cuda for p in params) else None
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=betas, eps=cfg.adam_eps,
-                             fused=fused)
+                             **OPTIMIZER_IMPLS[impl])
 
 
 def _batch_tokens(batch: dict) -> tuple[int, int | None]:
@@ -259,7 +312,9 @@ def _resume(run_dir: Path, cfg: TrainConfig, state: TrainState, total: int) -> d
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if ckpt is None:
         return {"step": 0, "elapsed_s": 0.0}
+    impl = optimizer_impl(state.optimizer)
     meta = load_checkpoint(ckpt, state)
+    set_optimizer_impl(state.optimizer, impl)   # this run's train.optimizer_impl, not the checkpoint's
     _rebase_lr(state, cfg.lr)
     print(f"polm: resuming {run_dir} from {ckpt.relative_to(run_dir)} (step {meta['step']} of {total})",
           file=sys.stderr, flush=True)
@@ -305,6 +360,7 @@ def train(
                        batches, scaler)
     with StopRequest() as stop, deterministic_algorithms(cfg.deterministic, device):
         meta = _resume(run_dir, cfg, state, total)
+        record_attempt(run_dir, optimizer_impl=optimizer_impl(optimizer))
         loop = _Loop(model, step_fn, state, cfg, run_dir, eval_fn, device)
         return _run(loop, start=meta["step"], total=total, elapsed_before=meta.get("elapsed_s", 0.0), stop=stop)
 

@@ -336,3 +336,90 @@ def test_batches_must_be_a_batch_source(tmp_path):
     model = build_tiny_llama(VOCAB)
     with pytest.raises(TypeError, match="must implement polm.train.batches.BatchSource, got list_iterator"):
         train(model=model, step_fn=sft_step(model), batches=iter([{}]), cfg=config(), run_dir=tmp_path)
+
+
+def run_with_impl(run_dir: Path, impl: str, examples: list[dict], fail_at=None, **overrides):
+    """`run` under train.optimizer_impl=impl, with a run.json so the loop can note the implementation."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "run.json").is_file():
+        (run_dir / "run.json").write_text(json.dumps({"status": "running", "attempts": [{}]}))
+    cfg = config(**{"max_steps": 5, "weight_decay": 0.1, **overrides}, optimizer_impl=impl)
+    return run(run_dir, cfg, examples, fail_at=fail_at, poison="kill")
+
+
+def attempts(run_dir: Path) -> list[dict]:
+    return json.loads((run_dir / "run.json").read_text())["attempts"]
+
+
+def test_fused_foreach_and_for_loop_adamw_train_alike(tmp_path):
+    examples = counting_examples(12)
+    runs = {impl: run_with_impl(tmp_path / impl, impl, examples) for impl in ("fused", "foreach", "for-loop")}
+    fused_model, fused = runs["fused"]
+    fused_params = dict(fused_model.named_parameters())
+    for impl, (model, result) in runs.items():
+        assert attempts(tmp_path / impl) == [{"optimizer_impl": impl}]
+        assert result.losses == pytest.approx(fused.losses, rel=1e-5)
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(p, fused_params[name], rtol=1e-5, atol=1e-5, msg=f"{impl}: {name}")
+    # the fused kernel really ran: its optimizer differs from the loop's in the last bits of some weight
+    loop_params = dict(runs["for-loop"][0].named_parameters())
+    assert any(not torch.equal(p, loop_params[n]) for n, p in fused_params.items())
+
+
+def test_auto_picks_fused_for_float32_and_bf16_on_cpu_and_foreach_where_torch_has_no_kernel():
+    from polm.train.loop import optimizer_impl
+
+    linear = torch.nn.Linear(4, 4)
+    for dtype in (torch.float32, torch.bfloat16):
+        optimizer = build_optimizer(list(linear.to(dtype).parameters()), config())
+        assert optimizer_impl(optimizer) == "fused"
+        assert all(g["fused"] is True and g["foreach"] is False for g in optimizer.param_groups)
+    assert optimizer_impl(build_optimizer(list(linear.parameters()), config(optimizer_impl="for-loop"))) == "for-loop"
+    on_meta = [torch.nn.Parameter(torch.empty(2, 2, device="meta"))]    # no fused AdamW kernel on meta
+    assert optimizer_impl(build_optimizer(on_meta, config())) == "foreach"
+    with pytest.raises(PolmError, match="no fused AdamW kernel for parameters on meta/float32") as err:
+        build_optimizer(on_meta, config(optimizer_impl="fused"))
+    assert "optimizer_impl=auto" in err.value.fix
+
+
+def test_an_unknown_optimizer_impl_says_what_was_meant():
+    from polm.config import load_config
+
+    with pytest.raises(PolmError, match="expects one of 'auto', 'fused', 'foreach', 'for-loop'") as err:
+        load_config(TrainConfig, overrides=["optimizer_impl=fussed"])
+    assert err.value.fix == "Did you mean 'fused'?"
+    with pytest.raises(PolmError, match="unknown train.optimizer_impl 'forloop'") as err:
+        build_optimizer(list(torch.nn.Linear(2, 2).parameters()), config(optimizer_impl="forloop"))
+    assert err.value.fix == "Did you mean 'for-loop'?"
+
+
+def test_a_checkpoint_of_one_optimizer_impl_resumes_under_another(tmp_path):
+    examples = counting_examples(12)
+    _, fused = run_with_impl(tmp_path / "fused", "fused", examples, max_steps=8)
+    _, for_loop = run_with_impl(tmp_path / "loop", "for-loop", examples, max_steps=8)
+    # the same optimizer.pt format: identical state keys, shapes and dtypes after a step of each
+    params = list(torch.nn.Linear(4, 4).parameters())
+    shapes = []
+    for impl in ("fused", "for-loop"):
+        optimizer = build_optimizer(params, config(optimizer_impl=impl))
+        for p in params:
+            p.grad = torch.ones_like(p)
+        optimizer.step()
+        state = optimizer.state_dict()["state"]
+        shapes.append({i: {k: (v.shape, v.dtype, v.device) for k, v in s.items()} for i, s in state.items()})
+    assert shapes[0] == shapes[1]
+
+    for saved, resumed, same in (("for-loop", "fused", fused), ("fused", "for-loop", for_loop)):
+        run_dir = tmp_path / f"{saved}-then-{resumed}"
+        with pytest.raises(RuntimeError, match="simulated kill"):
+            run_with_impl(run_dir, saved, examples, fail_at=6, max_steps=8, save_every=4)
+        _, result = run_with_impl(run_dir, resumed, examples, max_steps=8, save_every=4)
+        assert result.resumed_from == 4
+        assert attempts(run_dir)[-1]["optimizer_impl"] == resumed      # not the checkpoint's flags
+        assert result.losses == pytest.approx(same.losses[4:], rel=1e-5)
+    # the same implementation resumes exactly
+    run_dir = tmp_path / "fused-then-fused"
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        run_with_impl(run_dir, "fused", examples, fail_at=6, max_steps=8, save_every=4)
+    _, result = run_with_impl(run_dir, "fused", examples, max_steps=8, save_every=4)
+    assert result.losses == fused.losses[4:]
