@@ -4,6 +4,7 @@
     python bench/sft_vs_trl.py                      # the recorded run (docs/performance.md)
     python bench/sft_vs_trl.py --threads 1          # when other processes oversubscribe the cores
     python bench/sft_vs_trl.py --device cuda
+    python bench/sft_vs_trl.py --quick --modes full --polm-optimizer-impl for-loop   # polm's AdamW before fused
 
 Both sides train on the SAME token sequences: a mix of reasoning-gym arithmetic, GSM8K worked
 answers and Wikipedia text (mixed lengths), encoded once by polm's `encode_records` and handed to
@@ -52,6 +53,7 @@ class Settings:
     weight_decay: float = 0.01
     adam_betas: tuple = (0.9, 0.999)
     adam_eps: float = 1e-8
+    polm_optimizer_impl: str = "auto"  # polm's train.optimizer_impl; TRL keeps its default optimizer
     schedule: str = "cosine"
     warmup_steps: int = 0            # a short run: every step trains, so the whole loss trajectory compares updates
     max_grad_norm: float = 1.0
@@ -121,7 +123,8 @@ def _polm_train_config(spec: dict, s: Settings):
 
     return TrainConfig(max_steps=spec["steps"], micro_batch_size=s.micro_batch_size, grad_accum=s.grad_accum,
                        lr=s.lr[spec["mode"]], weight_decay=s.weight_decay, adam_betas=list(s.adam_betas),
-                       adam_eps=s.adam_eps, schedule=s.schedule, warmup_steps=s.warmup_steps,
+                       adam_eps=s.adam_eps, optimizer_impl=s.polm_optimizer_impl, schedule=s.schedule,
+                       warmup_steps=s.warmup_steps,
                        max_grad_norm=s.max_grad_norm, precision=common.precision_for(spec["device"]), seed=s.seed,
                        log_every=1, progress=False, tensorboard=False, resume=False)
 
@@ -383,6 +386,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--modes", default="lora,full", help="comma-separated: lora, full")
     parser.add_argument("--steps", type=int, help="optimizer steps per trial")
     parser.add_argument("--repeats", type=int, help="measured rounds per side")
+    parser.add_argument("--polm-optimizer-impl", choices=["auto", "fused", "foreach", "for-loop"],
+                        help="polm's train.optimizer_impl (default auto: fused where torch has the kernel)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads per worker (default: one per core); "
                         "1 avoids OpenMP stalls when other processes oversubscribe the cores")
     parser.add_argument("--out", type=Path, help="default: bench/results/sft_vs_trl.json (_quick.json with --quick)")
@@ -443,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     settings = replace(Settings(), **(QUICK if args.quick else {}))
-    settings = replace(settings, **{k: v for k, v in (("steps", args.steps), ("repeats", args.repeats)) if v})
+    settings = replace(settings, **{k: v for k, v in (("steps", args.steps), ("repeats", args.repeats),
+                                                      ("polm_optimizer_impl", args.polm_optimizer_impl)) if v})
     out = args.out or common.RESULTS_DIR / ("sft_vs_trl_quick.json" if args.quick else "sft_vs_trl.json")
     report = run_benchmark(args, settings)
     print_table(report["results"], args.device)
