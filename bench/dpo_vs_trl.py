@@ -85,6 +85,7 @@ class Settings:
     repeats: int = 3
     warmup: bool = True              # one short warm-up trial per side before the measured rounds
     warmup_steps_per_trial: int = 1  # a warm-up only brings code and weights into the page cache
+    polm_overrides: tuple = ()     # extra dotted overrides for polm's DPO config (A/B of a polm setting)
 
     @property
     def pairs_needed(self) -> int:
@@ -163,7 +164,7 @@ def _polm_config(spec: dict, s: Settings, run_dir: str):
         f"train.schedule={s.schedule}", f"train.warmup_steps={s.warmup_steps}",
         f"train.max_grad_norm={s.max_grad_norm}", f"train.precision={common.precision_for(spec['device'])}",
         f"train.seed={s.seed}", "train.log_every=1", "train.progress=false", "train.tensorboard=false",
-        "train.resume=false"])
+        "train.resume=false", *s.polm_overrides])
 
 
 def run_polm(spec: dict) -> dict:
@@ -504,6 +505,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pairs", default=",".join(PAIRS),
                         help=f"comma-separated like-for-like pairs to run (default both): {', '.join(PAIRS)}")
     parser.add_argument("--steps", type=int, help="optimizer steps per trial")
+    parser.add_argument("--polm-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a dotted override for polm's side only (repeatable), e.g. train.malloc_mmap_threshold_mb=0")
     parser.add_argument("--repeats", type=int, help="measured rounds per side")
     parser.add_argument("--threads", type=int, help="torch intra-op threads per worker (default: one per core); "
                         "1 avoids OpenMP stalls when other processes oversubscribe the cores")
@@ -582,7 +585,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     settings = replace(Settings(), **(QUICK if args.quick else {}))
-    settings = replace(settings, **{k: v for k, v in (("steps", args.steps), ("repeats", args.repeats)) if v})
+    settings = replace(settings, **{k: v for k, v in (("steps", args.steps), ("repeats", args.repeats)) if v},
+                       polm_overrides=tuple(args.polm_override))
     if settings.steps < 2:
         raise SystemExit("--steps must be at least 2 (step 1 is not timed)")
     out = args.out or common.RESULTS_DIR / ("dpo_vs_trl_quick.json" if args.quick else "dpo_vs_trl.json")
