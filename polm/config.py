@@ -210,3 +210,16 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is str:
         return isinstance(value, str), value
     return isinstance(value, tp), value
+
+
+def add_config_arguments(parser, example: str) -> None:
+    """`polm <command> [CONFIG.yaml] [key=value ...]`: the positional arguments every config-driven command takes."""
+    parser.add_argument("items", nargs="*", metavar="CONFIG|key=value",
+                        help=f"a YAML config (e.g. {example}) followed by dotted overrides such as lora.r=16")
+
+
+def config_from_args(cls: type[T], args, extra: list[str] | None = None) -> T:
+    """First positional argument without '=' is the YAML file; the rest are overrides."""
+    items = list(args.items)
+    path = items.pop(0) if items and "=" not in items[0] else None
+    return load_config(cls, path, items + list(extra or []))

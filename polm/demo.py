@@ -23,11 +23,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from polm.config import add_config_arguments, config_from_args
 from polm.data.templating import with_suffix
 from polm.errors import PolmError
 from polm.eval.builtin_tasks import ANSWER_LINE
 from polm.io import atomic_write_json
-from polm.recipes.common import add_config_arguments, config_from_args
 from polm.recipes.sft import SFTConfig, run_sft
 from polm.rundir import check_output_dir
 

@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 
 from polm.compress.calibration import CalibrationConfig, calibration_batches
-from polm.config import load_config
+from polm.config import add_config_arguments, config_from_args
 from polm.errors import PolmError
 
 
@@ -55,14 +55,11 @@ class QuantizeConfig:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("items", nargs="*", metavar="CONFIG|key=value",
-                        help="a YAML config (e.g. configs/quantize_int4.yaml) followed by dotted overrides")
+    add_config_arguments(parser, "configs/quantize_int4.yaml")
 
 
 def run(args: argparse.Namespace) -> int:
-    items = list(args.items)
-    path = items.pop(0) if items and "=" not in items[0] else None
-    cfg = load_config(QuantizeConfig, path, items)
+    cfg = config_from_args(QuantizeConfig, args)
     out, layers = quantize_to_dir(cfg)
     print(f"quantized {layers} layers of {cfg.model} ({scheme(cfg)}) into {out}")
     return 0

@@ -23,7 +23,7 @@ import yaml
 
 from polm.compress.calibration import CalibrationConfig, calibration_batches
 from polm.compress.prune import PRUNE_METHODS, Sparsity, parse_pattern, sparsity_of
-from polm.config import load_config, to_dict
+from polm.config import add_config_arguments, config_from_args, to_dict
 from polm.errors import PolmError
 from polm.models.load import ModelConfig
 from polm.registry import check_options
@@ -79,14 +79,11 @@ class PruneConfig:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("items", nargs="*", metavar="CONFIG|key=value",
-                        help="a YAML config (e.g. configs/prune_wanda_50.yaml) followed by dotted overrides")
+    add_config_arguments(parser, "configs/prune_wanda_50.yaml")
 
 
 def run(args: argparse.Namespace) -> int:
-    items = list(args.items)
-    path = items.pop(0) if items and "=" not in items[0] else None
-    cfg = load_config(PruneConfig, path, items)
+    cfg = config_from_args(PruneConfig, args)
     out = prune(cfg)
     report = json.loads((out / "sparsity.json").read_text())
     print(format_table(report))

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import torch
 
+from polm.config import add_config_arguments, config_from_args
 from polm.data.collate import pack_collate, pad_collate
 from polm.data.loaders import summarize_skips
 from polm.data.preferences import encode_pairs, encode_unpaired, load_preferences, mismatched, split_by_prompt
@@ -34,7 +35,6 @@ from polm.models import LoraConfig, ModelConfig, attach_adapter, load_model, loa
 from polm.models.frozen import FrozenModel, cached_outputs, completion_logps
 from polm.models.load import resolve_path
 from polm.models.save import save_final
-from polm.recipes.common import add_config_arguments, config_from_args
 from polm.registry import check_options
 from polm.rundir import check_output_dir, run_directory
 from polm.train.batches import BatchStream

@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 
 from polm.advantages import ADVANTAGES
+from polm.config import add_config_arguments, config_from_args
 from polm.data.templating import trained_prompt_format
 from polm.errors import PolmError
 from polm.io import atomic_write_json
@@ -30,7 +31,6 @@ from polm.losses.kl import KL_ESTIMATORS
 from polm.losses.policy import POLICY_LOSSES
 from polm.models import LoraConfig, ModelConfig, attach_adapter, load_model, load_tokenizer
 from polm.models.save import save_final
-from polm.recipes.common import add_config_arguments, config_from_args
 from polm.rewards import RewardSet
 from polm.rollout import build_generator
 from polm.rollout.batch import collate_rollout, policy_forward

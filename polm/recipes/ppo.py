@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 
 from polm.advantages import gae_advantages
+from polm.config import add_config_arguments, config_from_args
 from polm.data.templating import trained_prompt_format
 from polm.errors import PolmError
 from polm.io import atomic_write_json
@@ -30,7 +31,6 @@ from polm.models import LoraConfig, ModelConfig, attach_adapter, load_model, loa
 from polm.models.heads import VALUE_HEAD_FILE, ValueHead, value_head_bytes
 from polm.models.save import save_final
 from polm.ops import masked_mean
-from polm.recipes.common import add_config_arguments, config_from_args
 from polm.rewards import RewardSet
 from polm.rollout import build_generator
 from polm.rollout.batch import collate_rollout, policy_forward

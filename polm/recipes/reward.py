@@ -19,6 +19,7 @@ from typing import Literal
 
 import torch
 
+from polm.config import add_config_arguments, config_from_args
 from polm.data.collate import pad_collate
 from polm.data.loaders import summarize_skips
 from polm.data.preferences import encode_completion, load_preferences, split_by_prompt
@@ -29,7 +30,6 @@ from polm.losses import REWARD_MODEL_LOSSES
 from polm.models import LoraConfig, ModelConfig, load_tokenizer, merge_adapter
 from polm.models.heads import attach_score_adapter, load_score_model, sequence_scores
 from polm.models.save import save_final
-from polm.recipes.common import add_config_arguments, config_from_args
 from polm.rundir import check_output_dir, run_directory
 from polm.train.batches import BatchStream
 from polm.train.config import TrainConfig

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from polm.config import add_config_arguments, config_from_args
 from polm.data.collate import pack_collate, pad_collate
 from polm.data.loaders import load_records, summarize_skips
 from polm.data.templating import encode_records, trained_prompt_format
@@ -26,7 +27,6 @@ from polm.io import records_sha256
 from polm.models import LoraConfig, ModelConfig, attach_adapter, load_model, load_tokenizer
 from polm.models.save import save_final
 from polm.ops.logprobs import causal_lm_loss
-from polm.recipes.common import add_config_arguments, config_from_args
 from polm.rundir import check_output_dir, run_directory
 from polm.train.batches import BatchStream
 from polm.train.config import TrainConfig
