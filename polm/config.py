@@ -115,7 +115,9 @@ def _resolved_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _build(cls: type[T], data: Any, prefix: str, lines: dict[str, str]) -> T:
+def _build(cls: type[T], data: Any, prefix: str, lines: dict[str, str], base: Any = None) -> T:
+    """`cls` from a mapping; a key the mapping lacks keeps its value in `base` (the enclosing config's
+    default for this section, e.g. a recipe's `TrainConfig(lr=5e-6)`), else the dataclass default."""
     where = lines.get(prefix.rstrip(".")) if prefix else None
     if not isinstance(data, dict):
         raise PolmError(f"key '{prefix.rstrip('.')}' must be a section (a mapping)", where=where)
@@ -131,10 +133,14 @@ def _build(cls: type[T], data: Any, prefix: str, lines: dict[str, str]) -> T:
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
+            if base is not None:
+                kwargs[f.name] = getattr(base, f.name)
             continue
         ftype, value, full = hints[f.name], data[f.name], prefix + f.name
         if dataclasses.is_dataclass(ftype):
-            kwargs[f.name] = _build(ftype, value or {}, full + ".", lines)
+            section = getattr(base, f.name) if base is not None else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            kwargs[f.name] = _build(ftype, value or {}, full + ".", lines, section)
         else:
             kwargs[f.name] = _check(value, ftype, full, lines.get(full))
     cfg = cls(**kwargs)

@@ -63,7 +63,8 @@ class GRPOConfig:
     kl: str = "k3"
     eval_tasks: list[str] = field(default_factory=list)   # e.g. [arith:basic_arithmetic]; run every train.eval_every
     eval_limit: int = 50
-    train: TrainConfig = field(default_factory=TrainConfig)
+    # rollouts free large tensors every step: a pinned 1 MiB mmap threshold returns them (docs/training-loop.md)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(malloc_mmap_threshold_mb=1))
     overwrite: bool = False
 
     def validate(self) -> None:

@@ -63,7 +63,8 @@ class PPOConfig:
     vf_coef: float = 0.1
     whiten_advantages: bool = True     # A ← (A - mean) / std over the rollout's tokens
     epochs_per_rollout: int = 2
-    train: TrainConfig = field(default_factory=TrainConfig)
+    # rollouts free large tensors every step: a pinned 1 MiB mmap threshold returns them (docs/training-loop.md)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(malloc_mmap_threshold_mb=1))
     overwrite: bool = False
 
     def validate(self) -> None:

@@ -32,7 +32,7 @@ class TrainConfig:
     save_every: int = 50               # checkpoint every N steps (and on SIGTERM/SIGINT); 0: only on a signal
     keep_checkpoints: int = 2          # newest N step-* directories kept (0: all)
     resume: bool = True                # continue from the newest checkpoint in the run directory
-    malloc_mmap_threshold_mb: int = 1  # glibc: tensors >= 1 MiB go to mmap and return on free (0: glibc's own)
+    malloc_mmap_threshold_mb: int = 0  # glibc: pin the mmap threshold (MiB) so freed tensors return (RL: 1)
     deterministic: bool = False        # torch.use_deterministic_algorithms (+ CUBLAS_WORKSPACE_CONFIG on CUDA)
     progress: bool = True              # rich progress bar on a terminal, plain lines otherwise
     tensorboard: bool = True

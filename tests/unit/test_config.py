@@ -100,3 +100,19 @@ def test_resolved_config_round_trips(tmp_path):
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["lora"]["r"] == 2
     assert load_config(Cfg, tmp_path / "config.yaml") == cfg
     assert field_names(Cfg) == ["output_dir", "method", "lr", "eval", "lora.r", "lora.alpha", "lora.target_modules"]
+
+
+def test_a_section_keeps_the_recipes_own_defaults_for_keys_it_does_not_set(tmp_path):
+    """DPO's `TrainConfig(lr=5e-6)`, PPO's rollout shape and the RL mmap threshold survive a YAML
+    `train:` / `rollout:` section or an override that sets other keys of the section."""
+    from polm.recipes.dpo import DPOConfig
+    from polm.recipes.grpo import GRPOConfig
+    from polm.recipes.ppo import PPOConfig
+
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  max_steps: 3\nrollout:\n  max_new_tokens: 8\n")
+    ppo = load_config(PPOConfig, path, [])
+    assert (ppo.rollout.group_size, ppo.rollout.prompts_per_rollout, ppo.rollout.max_new_tokens) == (1, 16, 8)
+    assert (ppo.train.malloc_mmap_threshold_mb, ppo.train.max_steps) == (1, 3)
+    assert load_config(DPOConfig, None, ["train.max_steps=3"]).train.lr == 5e-6
+    assert load_config(GRPOConfig, None, ["train.lr=0.1"]).train.malloc_mmap_threshold_mb == 1
