@@ -112,7 +112,8 @@ def peak_rss_mib() -> float:
     """Peak resident set size of THIS process so far, MiB (ru_maxrss is KiB on Linux, bytes on macOS),
     including any peak from before a `PeakRss` block reset the kernel's high-water mark."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return max(peak / 2**20 if sys.platform == "darwin" else peak / 2**10, _PEAK_BEFORE_RESET_MIB)
+    hwm = memory_status_mib().get("VmHWM", 0.0)   # live; ru_maxrss can lag it by a fraction of a MiB
+    return max(peak / 2**20 if sys.platform == "darwin" else peak / 2**10, hwm, _PEAK_BEFORE_RESET_MIB)
 
 
 def memory_status_mib(text: str | None = None) -> dict[str, float]:

@@ -118,7 +118,7 @@ def worker(spec: dict) -> dict:
     started = time.perf_counter()
     mem = common.PeakRss()
     if spec["tool"] == "polm":
-        from polm.merge import card, runner
+        from polm.merge import runner
         from polm.merge.config import MergeConfig
 
         cfg = MergeConfig(**spec["config"])
@@ -126,7 +126,7 @@ def worker(spec: dict) -> dict:
         runner.build_plan = mem.wrap("plan", runner.build_plan)
         runner.write_weights = mem.wrap("merge", runner.write_weights)
         runner.write_model_files = mem.wrap("model files", runner.write_model_files)
-        card.write_lineage = mem.wrap("lineage", card.write_lineage)
+        runner.write_lineage = mem.wrap("lineage", runner.write_lineage)   # runner holds its own reference
         merge = lambda: runner.run_merge(cfg)  # noqa: E731
     else:
         import torch  # noqa: F401  (imported before the timer, as polm's is)

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import signal
+import time
 from functools import partial
 from pathlib import Path
 
@@ -54,8 +55,15 @@ def sft_step(model, fail_at: int | None = None, poison: str = "loss"):
             raise RuntimeError("simulated kill")
         if calls["n"] == fail_at and poison.startswith("SIG"):
             name, _, times = poison.partition("x")
+            sig = getattr(signal, name)
             for _ in range(int(times or 1)):
-                os.kill(os.getpid(), getattr(signal, name))
+                before = signal.getsignal(sig)
+                os.kill(os.getpid(), sig)
+                # Two signals sent back to back can coalesce into one Python-level call (the kernel may
+                # deliver them to another thread first); wait until polm's handler has run before the next.
+                deadline = time.monotonic() + 5
+                while signal.getsignal(sig) is before and time.monotonic() < deadline:
+                    time.sleep(0.001)
         if calls["n"] == fail_at and poison == "loss":
             loss_sum = loss_sum * float("nan")
         if calls["n"] == fail_at and poison == "grad":
