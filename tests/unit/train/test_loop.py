@@ -212,10 +212,18 @@ def test_a_signal_during_the_last_step_lets_the_run_finish(tmp_path):
 
 
 def test_a_second_sigint_stops_at_once(tmp_path):
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, config(max_steps=4), counting_examples(8), fail_at=2, poison="SIGINTx2")
-    assert list_checkpoints(tmp_path) == []
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    """From a process whose SIGINT does what Python's does by default (a fresh `polm` command): polm
+    restores that handler on the first signal, so the second raises KeyboardInterrupt at once. (Other
+    libraries imported earlier in a test session may leave a different handler; polm restores whatever
+    was there.)"""
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path, config(max_steps=4), counting_examples(8), fail_at=2, poison="SIGINTx2")
+        assert list_checkpoints(tmp_path) == []
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, saved)
 
 
 def test_deterministic_mode_is_on_while_training_only(tmp_path):
