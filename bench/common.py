@@ -415,15 +415,6 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def write_json_atomic(path: Path, data: dict) -> Path:
-    """Write JSON through a temp file + rename, so a killed bench never leaves half a result."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
 # --- worker-side helpers shared by the training benchmarks ----------------------------------------------
 
 def precision_for(device: str) -> str:

@@ -53,6 +53,8 @@ from types import SimpleNamespace
 
 import common
 
+from polm.io import atomic_write_json
+
 SCRIPT = Path(__file__).resolve()
 MODEL = "smollm2-135m-instruct"
 DATA = "builtin:reasoning-gym/basic_arithmetic?seed=11&min_terms=2&max_terms=2"
@@ -593,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run_benchmark(args, settings)
     print_table(report["results"], args.device)
     print("goals: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in report["goals"].items()))
-    common.write_json_atomic(out, report)
+    atomic_write_json(out, report)
     print(f"wrote {out} ({report['wall_s']:.0f} s)")
     return 0
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import common
 
+from polm.io import atomic_write_json
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -89,7 +91,7 @@ def main() -> int:
     print(common.format_table(["workload", "polm samples/s", "lm-eval samples/s", "ratio", "accuracy (both)"],
                               [[result["workload"], rate["polm"], rate["lm-eval"], result["speedup"],
                                 f"{accs['polm']} / {accs['lm-eval']}"]]))
-    common.write_json_atomic(common.RESULTS_DIR / "eval_vs_lmeval.json", result)
+    atomic_write_json(common.RESULTS_DIR / "eval_vs_lmeval.json", result)
     return 0 if result["same_accuracy"] else 1
 
 

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import common
 
+from polm.io import atomic_write_json
+
 SCRIPT = Path(__file__).resolve()
 MODEL = "smollm2-135m-instruct"
 DATA = "builtin:reasoning-gym/basic_arithmetic?n=64&seed=21&min_terms=2&max_terms=2&min_digits=1&max_digits=2"
@@ -452,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run_benchmark(s, args.quick)
     print_table(report)
     out = args.out or common.RESULTS_DIR / ("grpo_vs_trl_quick.json" if args.quick else "grpo_vs_trl.json")
-    common.write_json_atomic(out, report)
+    atomic_write_json(out, report)
     print(f"wrote {out} ({report['wall_s']:.0f} s)")
     return 0 if report["results"]["same_work"]["ok"] else 1
 

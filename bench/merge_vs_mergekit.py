@@ -35,6 +35,8 @@ from pathlib import Path
 
 import common
 
+from polm.io import atomic_write_json
+
 SCRIPT = Path(__file__).resolve()
 ROOT = SCRIPT.parent.parent
 MODEL = "smollm2-135m-instruct"
@@ -290,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                           "from; phases: the same per phase of the call"}
     out = Path(args.out) if args.out else common.RESULTS_DIR / (
         "merge_vs_mergekit_quick.json" if args.quick else "merge_vs_mergekit.json")
-    path = common.write_json_atomic(out, {
+    path = atomic_write_json(out, {
         "benchmark": "merge_vs_mergekit", "command": common.command_line(SCRIPT), "quick": args.quick,
         "settings": settings, "machine": machine, "load_avg_1m_at_end": common.load_avg_1m(),
         "wall_s": round(time.perf_counter() - started, 1), "results": rows, "table": table})

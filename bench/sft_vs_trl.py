@@ -31,6 +31,8 @@ from pathlib import Path
 
 import common
 
+from polm.io import atomic_write_json
+
 SCRIPT = Path(__file__).resolve()
 MODEL = "smollm2-135m-instruct"
 SOURCES = (  # (builtin reference, share of the mix): short arithmetic, mid-length GSM8K, variable wiki text
@@ -455,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(report["results"], args.device)
     for mode, met in report["goals"].items():
         print(f"{mode}: goals " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in met.items()))
-    common.write_json_atomic(out, report)
+    atomic_write_json(out, report)
     print(f"wrote {out} ({report['wall_s']:.0f} s)")
     return 0
 
