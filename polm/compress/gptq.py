@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from polm.compress.hessian import inverse_hessian_cholesky
+from polm.compress.prune_layers import decoder_layers, first_layer_inputs, run_layer
 from polm.compress.quantize import (
     QUANTIZERS,
     QuantizedWeight,
@@ -146,17 +147,56 @@ def gptq_model(model: nn.Module, batches: Sequence[torch.Tensor], linears: dict[
                percdamp: float = 0.01, act_order: bool = False) -> dict[str, QuantizedWeight]:
     """GPTQ every module of `linears` in place, block by block: each block is calibrated on the outputs
     of the blocks before it as already quantized. Weights become their dequantized values; returns the
-    codes by module name."""
+    codes by module name.
+
+    The linears of the decoder layers are done with the pruning driver's layer-by-layer pass (layer i's
+    inputs are layer i-1's outputs, computed once: one pass through the model in all); any other targeted
+    linear (e.g. an lm_head) is calibrated afterwards with a full forward pass."""
+    settings = dict(bits=bits, group_size=group_size, symmetric=symmetric, block_size=block_size,
+                    percdamp=percdamp, act_order=act_order)
+    path, layers = decoder_layers(model)
+    per_layer = [{n: m for n, m in linears.items() if n.startswith(f"{path}.{i}.")} for i in range(len(layers))]
+    inside = {n for group in per_layer for n in group}
     out: dict[str, QuantizedWeight] = {}
-    for stage in stages(list(linears)):
+    last = max((i for i, group in enumerate(per_layer) if group), default=-1)
+    if last >= 0:
+        with torch.no_grad():
+            inputs = first_layer_inputs(model, list(batches))
+            for i, layer in enumerate(layers[:last + 1]):
+                if per_layer[i]:
+                    hessians = _layer_hessians(layer, per_layer[i], inputs)
+                    out.update(_quantize_stage(per_layer[i], hessians, settings))
+                if i < last:
+                    inputs = run_layer(layer, inputs)
+    for stage in stages([n for n in linears if n not in inside]):
         modules = {name: linears[name] for name in stage}
-        hessians = calibrate(model, modules, batches)
-        for name, module in modules.items():
-            if hessians[name].sequences == 0:
-                raise PolmError(f"layer '{name}' saw no calibration input", where="targets",
-                                fix="Target only layers the forward pass uses.")
-            qw = gptq_quantize(module.weight, hessians[name].hessian, bits, group_size, symmetric, block_size,
-                               percdamp, act_order)
-            module.weight.data = dequantize(qw, module.weight.dtype)
-            out[name] = qw
+        out.update(_quantize_stage(modules, calibrate(model, modules, batches), settings))
+    return out
+
+
+def _layer_hessians(layer: nn.Module, modules: dict[str, nn.Linear], inputs: list) -> dict[str, HessianAccumulator]:
+    """The input Hessian of each of one decoder layer's `modules`, from running the layer on its captured inputs."""
+    acc = {name: HessianAccumulator(m.in_features, m.weight.device) for name, m in modules.items()}
+    handles = [m.register_forward_hook(lambda _m, args, _o, name=name: acc[name].add(args[0]))
+               for name, m in modules.items()]
+    try:
+        run_layer(layer, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return acc
+
+
+def _quantize_stage(modules: dict[str, nn.Linear], hessians: dict[str, HessianAccumulator],
+                    settings: dict) -> dict[str, QuantizedWeight]:
+    out = {}
+    for name, module in modules.items():
+        if hessians[name].sequences == 0:
+            raise PolmError(f"layer '{name}' saw no calibration input", where="targets",
+                            fix="Target only layers the forward pass uses.")
+        s = settings
+        qw = gptq_quantize(module.weight, hessians[name].hessian, s["bits"], s["group_size"], s["symmetric"],
+                           s["block_size"], s["percdamp"], s["act_order"])
+        module.weight.data = dequantize(qw, module.weight.dtype)
+        out[name] = qw
     return out

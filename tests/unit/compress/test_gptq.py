@@ -104,3 +104,21 @@ def test_model_is_quantized_block_by_block_on_the_quantized_outputs(tiny_llama):
     h = calibrate(tiny_llama, {name: module}, batches)[name].hessian
     want = gptq_quantize(module.weight, h, 4, 16)
     assert torch.equal(codes[name].q, want.q)
+
+
+def test_gptq_model_runs_each_decoder_layer_once_per_batch(tiny_llama):
+    """Layer by layer: each layer sees each calibration batch once (not one full forward per block), and a
+    targeted linear outside the decoder layers (lm_head) is still calibrated, on the quantized layers' outputs."""
+    batches = [torch.randint(0, 300, (2, 16)) for _ in range(3)]
+    calls = {i: 0 for i in range(len(tiny_llama.model.layers))}
+    handles = [layer.register_forward_pre_hook(lambda *_a, i=i: calls.__setitem__(i, calls[i] + 1))
+               for i, layer in enumerate(tiny_llama.model.layers)]
+    linears = select_linears(tiny_llama, exclude=[])
+    codes = gptq_model(tiny_llama, batches, linears, bits=4, group_size=16)
+    for h in handles:
+        h.remove()
+    # per batch: a capture pass stopping at layer 0; each layer once for its Hessians and, but the last,
+    # once more after quantization for the next layer's inputs; then one full forward for the lm_head stage
+    n, last = len(batches), len(calls) - 1
+    assert calls == {i: n * ((i == 0) + 1 + (i < last) + 1) for i in calls}
+    assert "lm_head" in codes
