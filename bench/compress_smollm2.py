@@ -37,7 +37,7 @@ import common  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
-CALIBRATION = {"data": "builtin:wiki-summaries?seed=1234&offset=200&n=400", "n_samples": 64, "seq_len": 512,
+CALIBRATION = {"data": "builtin:wiki-summaries?seed=1234&offset=200&n=400", "n_samples": 32, "seq_len": 256,
                "batch_size": 8}
 TASKS = ["arith:basic_arithmetic?min_terms=2&max_terms=2&max_digits=2",
          "arith:chain_sum?min_terms=2&max_terms=3&max_digits=2"]
@@ -75,12 +75,13 @@ def build(row: str, out_root: Path) -> dict:
     if spec["kind"] == "dense":
         return {"path": _dense_path(), "build_s": 0.0}
     stamp = out / "build.json" if spec["kind"] != "gguf" else out.with_suffix(".build.json")
-    if stamp.is_file() and json.loads(stamp.read_text()).get("spec") == spec:
+    if stamp.is_file() and json.loads(stamp.read_text()).get("spec") == spec \
+            and json.loads(stamp.read_text()).get("calibration") == CALIBRATION:
         return json.loads(stamp.read_text())
     result = common.run_worker(Path(__file__), {"name": f"build-{row}", "job": "build", "row": row,
                                                 "out": str(out)}, timeout_s=3600)
     from polm.io import atomic_write_json
-    atomic_write_json(stamp, {**result, "spec": spec})
+    atomic_write_json(stamp, {**result, "spec": spec, "calibration": CALIBRATION})
     return {**result, "spec": spec}
 
 
@@ -232,7 +233,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads of the speed workers")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-quality", action="store_true", help="reuse the quality of --merge-from")
-    parser.add_argument("--merge-from", type=Path, help="an earlier result JSON whose rows' quality is kept")
+    parser.add_argument("--merge-from", type=Path, action="append", default=[],
+                        help="earlier result JSONs whose rows' quality is kept (repeatable)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -262,11 +264,11 @@ def main() -> None:
         built = build(row, out_root)
         table[row] = {"build": {k: v for k, v in built.items() if k != "spec"}, "disk": disk_bytes(built["path"])}
         print(f"[{row}] built in {built['build_s']} s -> {built['path']}", flush=True)
-    earlier = json.loads(args.merge_from.read_text())["table"] if args.merge_from else {}
+    earlier = {row: entry for f in args.merge_from for row, entry in json.loads(f.read_text())["table"].items()}
     for row in rows:
         if args.skip_quality:
             if "quality" not in earlier.get(row, {}):
-                sys.exit(f"--skip-quality: {args.merge_from} has no quality for row {row}")
+                sys.exit(f"--skip-quality: no --merge-from file has the quality of row {row}")
             table[row]["quality"] = q = earlier[row]["quality"]
         else:
             q = common.run_worker(Path(__file__), {"name": f"quality-{row}", "job": "quality",

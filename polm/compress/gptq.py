@@ -39,9 +39,11 @@ class HessianAccumulator:
 
     def add(self, x: torch.Tensor) -> None:
         batch = x.shape[0] if x.dim() > 2 else 1
-        x = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
+        x = x.detach().reshape(-1, x.shape[-1])
+        x = x.float() if x.dtype != torch.float64 else x
         total = self.sequences + batch
-        self.hessian.mul_(self.sequences / total).add_(x.T @ x, alpha=2.0 / total)
+        # the batch's XᵀX in the input's precision (at least float32), the running mean in float64
+        self.hessian.mul_(self.sequences / total).add_((x.T @ x).to(torch.float64), alpha=2.0 / total)
         self.sequences = total
 
 
