@@ -175,3 +175,19 @@ def test_export_gguf_through_the_cli(tmp_path, tiny_model_dir, capsys):
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name)
     assert loaded.config.num_hidden_layers == 2
     assert main(["export", "--model", str(tiny_model_dir), "--out", str(out), "--format", "gguf"]) == 2
+
+
+def test_export_gguf_carries_the_recorded_prompt_format(tmp_path, tiny_model_dir, capsys):
+    import shutil
+
+    from polm.compress.gguf import read_prompt_format
+    from polm.data.templating import PROMPT_FORMAT_FILE, TrainedPromptFormat
+
+    final = tmp_path / "run" / "final"
+    shutil.copytree(tiny_model_dir, final)
+    fmt = TrainedPromptFormat(chat=True, suffix="Answer with a number.", stop=("<|im_end|>",), end_of_turn="<|im_end|>")
+    (final / PROMPT_FORMAT_FILE).write_text(fmt.to_json())
+    out = tmp_path / "model.gguf"
+    assert main(["export", "--model", str(final), "--out", str(out), "--format", "gguf", "--quant", "f16"]) == 0
+    assert read_prompt_format(out) == {"chat": True, "suffix": "Answer with a number.", "system": None,
+                                       "stop": ["<|im_end|>"], "end_of_turn": "<|im_end|>"}
