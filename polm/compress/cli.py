@@ -119,7 +119,9 @@ def quantize_to_dir(cfg: QuantizeConfig):
     codes = _quantize(model, tokenizer, linears, cfg)
     files = {"quantization.json": json.dumps(_manifest(cfg, linears), indent=2)}
     if cfg.format == "compressed-tensors":
-        files.update(_compressed_tensors_files(model, codes, linears, cfg))
+        from polm.compress.compressed_tensors_format import checkpoint_files
+
+        files.update(checkpoint_files(model, codes, cfg.bits, cfg.group_size, cfg.symmetric))
     elif codes:
         files["quantized.safetensors"] = _packed(codes)
     save_pretrained_atomic(model, tokenizer, Path(cfg.output), card=_card(cfg, len(linears), bool(codes)),
@@ -165,24 +167,11 @@ def _packed(codes: dict) -> bytes:
     return save(tensors)
 
 
-def _compressed_tensors_files(model, codes: dict, linears: dict, cfg: QuantizeConfig) -> dict[str, bytes | str]:
-    """model.safetensors with the packed codes and config.json with `quantization_config`, written over
-    the dense files `save_pretrained` leaves."""
-    from safetensors.torch import save
-
-    from polm.compress.compressed_tensors_format import compressed_state_dict, quantization_config
-
-    ignore = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in linears]
-    config = model.config.to_dict()
-    config["quantization_config"] = quantization_config(cfg.bits, cfg.group_size, cfg.symmetric, ignore)
-    return {"model.safetensors": save(compressed_state_dict(model, codes), metadata={"format": "pt"}),
-            "config.json": json.dumps(config, indent=2, sort_keys=True) + "\n"}
-
-
 def _manifest(cfg: QuantizeConfig, linears: dict) -> dict:
     return {"method": cfg.method, "format": cfg.format, "bits": cfg.bits, "group_size": cfg.group_size, "symmetric": cfg.symmetric,
             "dequantize": "w[i, j] = (q[i, j] - zeros[i, g(j)]) * scales[i, g(j)], g(j) = g_idx[j] or j // group_size",
-            "int4_packing": "uint8, two codes per byte, low nibble first, stored as code + 8",
+            "int4_packing": "uint8, two codes per byte, low nibble first, stored as code + 8"
+            if cfg.format == "polm" else "compressed-tensors pack-quantized (config.json quantization_config)",
             "layers": sorted(linears), "gptq": asdict(cfg.gptq) if cfg.method == "gptq" else None,
             "calibration": asdict(cfg.calibration) if cfg.method == "gptq" else None}
 
@@ -205,8 +194,8 @@ def _ct_card(cfg: QuantizeConfig, layers: int) -> str:
     return (f"# Quantized model (compressed-tensors)\n\nWritten by `polm quantize`: `{cfg.model}` with {layers} "
             f"Linear layers quantized weight-only, {scheme(cfg)} (excluded: {', '.join(cfg.exclude) or 'none'}).\n\n"
             f"Scheme: compressed-tensors `pack-quantized`, int{cfg.bits} symmetric weights ({groups}), "
-            "activations unquantized (W{bits}A16). `model.safetensors` holds per layer `weight_packed` "
+            f"activations unquantized (W{cfg.bits}A16). `model.safetensors` holds per layer `weight_packed` "
             "(int32, codes packed along the input dimension), `weight_scale` and `weight_shape`; "
             "`config.json`'s `quantization_config` (quant_method `compressed-tensors`) describes it, so "
             "`transformers.AutoModelForCausalLM.from_pretrained` (with the `compressed-tensors` package) and vLLM "
-            "load it as a quantized model.\n".replace("{bits}", str(cfg.bits)))
+            "load it as a quantized model.\n")

@@ -8,6 +8,8 @@ the output dim); config.json gets `quantization_config` with quant_method "compr
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from polm.compress.quantize import QuantizedWeight
@@ -66,3 +68,16 @@ def _packed_layer(name: str, qw: QuantizedWeight, dtype: torch.dtype, pack) -> d
     if not qw.symmetric:
         out[f"{name}.weight_zero_point"] = pack(qw.zero, qw.bits, packed_dim=0).contiguous()
     return out
+
+
+def checkpoint_files(model: torch.nn.Module, codes: dict[str, QuantizedWeight], bits: int, group_size: int,
+                     symmetric: bool) -> dict[str, bytes | str]:
+    """{"model.safetensors": packed state dict, "config.json": the model's config + `quantization_config`}, to
+    write over the dense files `save_pretrained` leaves; every Linear without codes goes to `ignore`."""
+    from safetensors.torch import save
+
+    ignore = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in codes]
+    config = model.config.to_dict()
+    config["quantization_config"] = quantization_config(bits, group_size, symmetric, ignore)
+    return {"model.safetensors": save(compressed_state_dict(model, codes), metadata={"format": "pt"}),
+            "config.json": json.dumps(config, indent=2, sort_keys=True) + "\n"}
