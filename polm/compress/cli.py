@@ -5,7 +5,9 @@
 
 The output is a Hugging Face directory that `AutoModelForCausalLM.from_pretrained` loads as an ordinary
 model: the dequantized weights in model.safetensors, plus quantized.safetensors (the int8 / packed int4
-codes, scales and zeros), quantization.json and a model card stating the scheme. Written atomically.
+codes, scales and zeros), quantization.json and a model card stating the scheme. With
+`format: compressed-tensors` model.safetensors holds the packed codes instead (`pack-quantized`, which
+transformers and vLLM load as a quantized model). Written atomically.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class QuantizeConfig:
     exclude: list[str] = field(default_factory=lambda: ["lm_head"])
     gptq: GPTQOptions = field(default_factory=GPTQOptions)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    format: Literal["polm", "compressed-tensors"] = "polm"   # compressed-tensors: packed codes in model.safetensors
     overwrite: bool = False
 
     def validate(self) -> None:
@@ -52,6 +55,22 @@ class QuantizeConfig:
         if self.method == "torchao" and self.bits == 8 and self.group_size != -1:
             raise PolmError("torchao's int8 weight-only config is per-channel", where="group_size",
                             fix="Set group_size: -1, or bits: 4 for group-wise int4.")
+        if self.format == "compressed-tensors":
+            self._validate_compressed_tensors()
+
+    def _validate_compressed_tensors(self) -> None:
+        if self.method == "torchao":
+            raise PolmError("method: torchao keeps no codes to pack", where="format",
+                            fix="Use method: rtn or gptq with format: compressed-tensors.")
+        if not self.symmetric:
+            # transformers 5.24 builds the packed layout on the meta device, where compressed-tensors 0.20.1
+            # leaves the zero points unpacked, so an asymmetric pack-quantized checkpoint fails to load.
+            raise PolmError("asymmetric compressed-tensors checkpoints do not load with transformers "
+                            "(its zero-point layout differs)", where="symmetric",
+                            fix="Set symmetric: true, or format: polm for asymmetric codes.")
+        if self.method == "gptq" and self.gptq.act_order:
+            raise PolmError("act-order GPTQ permutes the groups, which compressed-tensors no longer stores",
+                            where="gptq.act_order", fix="Set gptq.act_order: false, or format: polm.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,6 +94,7 @@ def quantize_to_dir(cfg: QuantizeConfig):
     from pathlib import Path
 
     from polm.compress.quantize import check_scheme, select_linears
+    from polm.errors import require
     from polm.models import ModelConfig, load_model, load_tokenizer
     from polm.models.peft import merge_adapter
     from polm.models.save import save_pretrained_atomic
@@ -82,9 +102,10 @@ def quantize_to_dir(cfg: QuantizeConfig):
     cfg.validate()
     if cfg.method == "torchao":
         from polm.compress.quantize import check_torchao
-        from polm.errors import require
 
         check_torchao(require("torchao", "compress", "method: torchao"))
+    if cfg.format == "compressed-tensors":
+        require("compressed_tensors", "compress", "format: compressed-tensors")
     model = merge_adapter(load_model(ModelConfig(name=cfg.model, device="cpu", dtype="fp32"))).eval()
     tokenizer = load_tokenizer(cfg.model)
     linears = select_linears(model, cfg.targets, cfg.exclude)
@@ -97,7 +118,11 @@ def quantize_to_dir(cfg: QuantizeConfig):
             raise PolmError(f"{err.what} (layer '{name}')", where="group_size", fix=err.fix) from None
     codes = _quantize(model, tokenizer, linears, cfg)
     files = {"quantization.json": json.dumps(_manifest(cfg, linears), indent=2)}
-    if codes:
+    if cfg.format == "compressed-tensors":
+        from polm.compress.compressed_tensors_format import checkpoint_files
+
+        files.update(checkpoint_files(model, codes, cfg.bits, cfg.group_size, cfg.symmetric))
+    elif codes:
         files["quantized.safetensors"] = _packed(codes)
     save_pretrained_atomic(model, tokenizer, Path(cfg.output), card=_card(cfg, len(linears), bool(codes)),
                            overwrite=cfg.overwrite, extra_files=files)
@@ -143,14 +168,17 @@ def _packed(codes: dict) -> bytes:
 
 
 def _manifest(cfg: QuantizeConfig, linears: dict) -> dict:
-    return {"method": cfg.method, "bits": cfg.bits, "group_size": cfg.group_size, "symmetric": cfg.symmetric,
+    return {"method": cfg.method, "format": cfg.format, "bits": cfg.bits, "group_size": cfg.group_size, "symmetric": cfg.symmetric,
             "dequantize": "w[i, j] = (q[i, j] - zeros[i, g(j)]) * scales[i, g(j)], g(j) = g_idx[j] or j // group_size",
-            "int4_packing": "uint8, two codes per byte, low nibble first, stored as code + 8",
+            "int4_packing": "uint8, two codes per byte, low nibble first, stored as code + 8"
+            if cfg.format == "polm" else "compressed-tensors pack-quantized (config.json quantization_config)",
             "layers": sorted(linears), "gptq": asdict(cfg.gptq) if cfg.method == "gptq" else None,
             "calibration": asdict(cfg.calibration) if cfg.method == "gptq" else None}
 
 
 def _card(cfg: QuantizeConfig, layers: int, has_codes: bool) -> str:
+    if cfg.format == "compressed-tensors":
+        return _ct_card(cfg, layers)
     codes = ("`quantized.safetensors` holds the codes (`<layer>.qweight`, `.scales`, `.zeros`); "
              "`quantization.json` says how to read them.\n" if has_codes else
              "torchao's quantized tensors are not stored; requantize with `polm quantize` to get them.\n")
@@ -159,3 +187,15 @@ def _card(cfg: QuantizeConfig, layers: int, has_codes: bool) -> str:
             "`model.safetensors` holds the dequantized weights, so "
             "`transformers.AutoModelForCausalLM.from_pretrained` loads it as an ordinary model that computes "
             "exactly what the quantized one does (no memory saving at inference).\n" + codes)
+
+
+def _ct_card(cfg: QuantizeConfig, layers: int) -> str:
+    groups = "channel strategy" if cfg.group_size == -1 else f"group strategy, group_size {cfg.group_size}"
+    return (f"# Quantized model (compressed-tensors)\n\nWritten by `polm quantize`: `{cfg.model}` with {layers} "
+            f"Linear layers quantized weight-only, {scheme(cfg)} (excluded: {', '.join(cfg.exclude) or 'none'}).\n\n"
+            f"Scheme: compressed-tensors `pack-quantized`, int{cfg.bits} symmetric weights ({groups}), "
+            f"activations unquantized (W{cfg.bits}A16). `model.safetensors` holds per layer `weight_packed` "
+            "(int32, codes packed along the input dimension), `weight_scale` and `weight_shape`; "
+            "`config.json`'s `quantization_config` (quant_method `compressed-tensors`) describes it, so "
+            "`transformers.AutoModelForCausalLM.from_pretrained` (with the `compressed-tensors` package) and vLLM "
+            "load it as a quantized model.\n")

@@ -1,20 +1,24 @@
 """GGUF export for llama.cpp and friends: `polm export --format gguf --quant q8_0|q4_0|q4_1|f16|bf16`.
 
-Llama-architecture tensor names, llama.cpp's rotary Q/K row permutation, the byte-level BPE tokenizer
-and the chat template in the metadata; quantized with the `gguf` package's numpy quantizers.
+Llama-architecture tensor names, llama.cpp's rotary Q/K row permutation, the byte-level BPE tokenizer,
+the chat template and polm's recorded prompt format (`polm.prompt_format`, the JSON of polm_prompt.json)
+in the metadata; quantized with the `gguf` package's numpy quantizers.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from polm.data.templating import TrainedPromptFormat
 from polm.errors import PolmError, require
 from polm.io import atomic_file
 
+PROMPT_FORMAT_KEY = "polm.prompt_format"   # the JSON text of the source's polm_prompt.json
 QUANTS = ("q8_0", "q4_0", "q4_1", "f16", "bf16")
 _LAYER_NAMES = {
     "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
@@ -45,20 +49,27 @@ def permute_rotary(w: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def export_gguf(model_ref: str, out: Path, quant: str = "f16", overwrite: bool = False) -> Path:
-    """Write `model_ref` (a model, or an adapter merged into its base first) as one GGUF file `out`."""
+    """Write `model_ref` (a model, or an adapter merged into its base first) as one GGUF file `out`, with
+    the prompt format recorded in its directory (polm_prompt.json), if any."""
     from polm.models import ModelConfig, load_model, load_tokenizer
+    from polm.models.load import resolve_path
     from polm.models.peft import merge_adapter
 
     if quant not in QUANTS:
         raise PolmError(f"unknown GGUF quantization '{quant}'", where="--quant", fix=f"Use one of {', '.join(QUANTS)}.")
     if out.exists() and not overwrite:
         raise PolmError(f"'{out}' already exists", fix="Pass --overwrite or another --out.")
+    path = Path(resolve_path(model_ref))
+    prompt_format = TrainedPromptFormat.read(path) if path.is_dir() else None
     model = merge_adapter(load_model(ModelConfig(name=model_ref, device="cpu", dtype="fp32")))
-    return write_gguf(model, load_tokenizer(model_ref), out, quant, name=Path(model_ref).name)
+    return write_gguf(model, load_tokenizer(model_ref), out, quant, name=Path(model_ref).name,
+                      prompt_format=prompt_format)
 
 
-def write_gguf(model, tokenizer, out: Path, quant: str = "f16", name: str = "polm-model") -> Path:
-    """`model` (a transformers Llama) + `tokenizer` as a GGUF file at `out`, written atomically."""
+def write_gguf(model, tokenizer, out: Path, quant: str = "f16", name: str = "polm-model",
+               prompt_format: TrainedPromptFormat | None = None) -> Path:
+    """`model` (a transformers Llama) + `tokenizer` (+ the `prompt_format` it was trained with) as a GGUF
+    file at `out`, written atomically."""
     gguf = require("gguf", "compress", "GGUF export")
     config = model.config
     if getattr(config, "model_type", None) != "llama":
@@ -72,6 +83,8 @@ def write_gguf(model, tokenizer, out: Path, quant: str = "f16", name: str = "pol
         writer = gguf.GGUFWriter(str(tmp), "llama")
         _write_config(writer, gguf, config, rope, quant, name)
         _write_tokenizer(writer, tokenizer, config.vocab_size)
+        if prompt_format is not None:
+            _write_prompt_format(writer, tokenizer, prompt_format)
         _write_tensors(writer, gguf, model, quant)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -100,8 +113,6 @@ def _write_config(writer, gguf, config, rope: dict, quant: str, name: str) -> No
 
 def _write_tokenizer(writer, tokenizer, vocab_size: int) -> None:
     """A byte-level BPE tokenizer as llama.cpp's 'gpt2' model: tokens in id order, types, merges, ids."""
-    import json
-
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     if spec["model"]["type"] != "BPE" or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")):
         raise PolmError("GGUF export supports byte-level BPE tokenizers (GPT-2 style) only",
@@ -127,6 +138,22 @@ def _write_tokenizer(writer, tokenizer, vocab_size: int) -> None:
     writer.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
     if isinstance(getattr(tokenizer, "chat_template", None), str):
         writer.add_chat_template(tokenizer.chat_template)
+
+
+def _write_prompt_format(writer, tokenizer, prompt_format: TrainedPromptFormat) -> None:
+    """`polm.prompt_format` (chat, suffix, system, stop, end_of_turn as JSON) and, when the end-of-turn token
+    is one token of the vocabulary, llama.cpp's end-of-turn id, so its generation stops there too."""
+    writer.add_string(PROMPT_FORMAT_KEY, prompt_format.to_json())
+    token = prompt_format.end_of_turn
+    if token is not None and token in tokenizer.get_vocab():
+        writer.add_eot_token_id(tokenizer.convert_tokens_to_ids(token))
+
+
+def read_prompt_format(path: Path) -> dict | None:
+    """The prompt format stored in the GGUF file `path` (the dict of polm_prompt.json), or None."""
+    gguf = require("gguf", "compress", "reading GGUF metadata")
+    field = gguf.GGUFReader(str(path)).get_field(PROMPT_FORMAT_KEY)
+    return None if field is None else json.loads(field.contents())
 
 
 def _write_tensors(writer, gguf, model, quant: str) -> None:

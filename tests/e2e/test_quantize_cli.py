@@ -115,6 +115,57 @@ def test_a_failure_while_writing_leaves_nothing(tmp_path, tiny_model_dir, monkey
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("bits,group_size", [(4, 16), (8, -1)])
+def test_compressed_tensors_output_loads_as_the_same_model(tmp_path, tiny_model_dir, bits, group_size):
+    """transformers loads the pack-quantized directory through compressed-tensors and computes what polm's
+    dequantized directory computes: logits within 1e-4, the same greedy tokens."""
+    pytest.importorskip("compressed_tensors")
+    from transformers import AutoModelForCausalLM
+
+    common = [f"model={tiny_model_dir}", "method=rtn", f"bits={bits}", f"group_size={group_size}"]
+    assert main(["quantize", *common, f"output={tmp_path / 'polm'}"]) == 0
+    assert main(["quantize", *common, f"output={tmp_path / 'ct'}", "format=compressed-tensors"]) == 0
+    ct_dir = tmp_path / "ct"
+    config = json.loads((ct_dir / "config.json").read_text())["quantization_config"]
+    assert (config["quant_method"], config["format"]) == ("compressed-tensors", "pack-quantized")
+    assert config["ignore"] == ["lm_head"]
+    stored = load_file(ct_dir / "model.safetensors")
+    assert stored["model.layers.0.mlp.up_proj.weight_packed"].dtype == torch.int32
+    assert "model.layers.0.mlp.up_proj.weight" not in stored and not (ct_dir / "quantized.safetensors").exists()
+    card = (ct_dir / "README.md").read_text()
+    assert f"compressed-tensors `pack-quantized`, int{bits} symmetric" in card and f"W{bits}A16" in card
+    ours, theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "polm").eval(), AutoModelForCausalLM.from_pretrained(ct_dir).eval()
+    ids = torch.tensor([[1, 5, 9, 3, 7, 2], [4, 4, 8, 6, 1, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(ids).logits, ours(ids).logits, atol=1e-4, rtol=0)
+        greedy = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+        assert torch.equal(theirs.generate(ids, **greedy), ours.generate(ids, **greedy))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["symmetric=false"], "symmetric: asymmetric compressed-tensors checkpoints do not load with transformers"),
+    (["method=torchao", "bits=8", "group_size=-1"], "format: method: torchao keeps no codes to pack"),
+    (["method=gptq", "gptq.act_order=true"], "gptq.act_order: act-order GPTQ permutes the groups"),
+])
+def test_compressed_tensors_bad_input_is_one_error_and_writes_nothing(tmp_path, tiny_model_dir, capsys, overrides,
+                                                                       message):
+    out = tmp_path / "runs" / "q"
+    assert main(["quantize", f"model={tiny_model_dir}", f"output={out}", "group_size=16", "format=compressed-tensors",
+                 *overrides]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_compressed_tensors_is_a_clear_error(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "compressed_tensors", None)
+    assert main(["quantize", f"model={tiny_model_dir}", f"output={tmp_path / 'q'}", "group_size=16",
+                 "format=compressed-tensors"]) == 2
+    assert "needs the optional package 'compressed_tensors'" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
+
+
 def test_export_gguf_through_the_cli(tmp_path, tiny_model_dir, capsys):
     from transformers import AutoModelForCausalLM
 
@@ -124,3 +175,19 @@ def test_export_gguf_through_the_cli(tmp_path, tiny_model_dir, capsys):
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name)
     assert loaded.config.num_hidden_layers == 2
     assert main(["export", "--model", str(tiny_model_dir), "--out", str(out), "--format", "gguf"]) == 2
+
+
+def test_export_gguf_carries_the_recorded_prompt_format(tmp_path, tiny_model_dir, capsys):
+    import shutil
+
+    from polm.compress.gguf import read_prompt_format
+    from polm.data.templating import PROMPT_FORMAT_FILE, TrainedPromptFormat
+
+    final = tmp_path / "run" / "final"
+    shutil.copytree(tiny_model_dir, final)
+    fmt = TrainedPromptFormat(chat=True, suffix="Answer with a number.", stop=("<|im_end|>",), end_of_turn="<|im_end|>")
+    (final / PROMPT_FORMAT_FILE).write_text(fmt.to_json())
+    out = tmp_path / "model.gguf"
+    assert main(["export", "--model", str(final), "--out", str(out), "--format", "gguf", "--quant", "f16"]) == 0
+    assert read_prompt_format(out) == {"chat": True, "suffix": "Answer with a number.", "system": None,
+                                       "stop": ["<|im_end|>"], "end_of_turn": "<|im_end|>"}

@@ -109,3 +109,50 @@ def test_bad_input_and_nothing_half_written(tmp_path, tiny_model_dir, monkeypatc
     with pytest.raises(RuntimeError, match="disk full"):
         export_gguf(str(tiny_model_dir), tmp_path / "y.gguf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.gguf"]
+
+
+def _with_prompt_format(tiny_model_dir: Path, tmp_path: Path, text: str) -> Path:
+    import shutil
+
+    from polm.data.templating import PROMPT_FORMAT_FILE
+
+    model_dir = tmp_path / "final"
+    shutil.copytree(tiny_model_dir, model_dir)
+    (model_dir / PROMPT_FORMAT_FILE).write_text(text)
+    return model_dir
+
+
+def test_the_recorded_prompt_format_round_trips_through_the_metadata(tmp_path, tiny_model_dir, source):
+    import gguf
+
+    from polm.compress.gguf import PROMPT_FORMAT_KEY, read_prompt_format
+    from polm.data.templating import TrainedPromptFormat
+
+    fmt = TrainedPromptFormat(chat=True, suffix="Give only the number.", system="Be brief.", stop=("<|im_end|>",),
+                              end_of_turn="<|im_end|>")
+    out = export_gguf(str(_with_prompt_format(tiny_model_dir, tmp_path, fmt.to_json())), tmp_path / "p.gguf", "q8_0")
+    assert read_prompt_format(out) == {"chat": True, "suffix": "Give only the number.", "system": "Be brief.",
+                                       "stop": ["<|im_end|>"], "end_of_turn": "<|im_end|>"}
+    reader = gguf.GGUFReader(str(out))
+    assert reader.get_field(PROMPT_FORMAT_KEY).contents() == fmt.to_json()
+    eot = source[1].convert_tokens_to_ids("<|im_end|>")
+    assert reader.get_field("tokenizer.ggml.eot_token_id").contents() == eot
+    loaded, _ = load(out)   # the extra keys do not disturb transformers' loader
+    assert loaded.config.num_hidden_layers == 2
+
+
+def test_a_model_without_a_recorded_format_writes_no_key(tmp_path, tiny_model_dir):
+    import gguf
+
+    from polm.compress.gguf import read_prompt_format
+
+    out = export_gguf(str(tiny_model_dir), tmp_path / "plain.gguf", "f16")
+    assert read_prompt_format(out) is None
+    assert gguf.GGUFReader(str(out)).get_field("tokenizer.ggml.eot_token_id") is None
+
+
+def test_an_unreadable_recorded_format_is_one_error_and_writes_nothing(tmp_path, tiny_model_dir):
+    model_dir = _with_prompt_format(tiny_model_dir, tmp_path, "{not json")
+    with pytest.raises(PolmError, match="the recorded prompt format is unreadable"):
+        export_gguf(str(model_dir), tmp_path / "bad.gguf", "f16")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
