@@ -23,7 +23,7 @@ from polm.assets import asset_file
 from polm.errors import PolmError, did_you_mean
 from polm.verify import task_config_class, task_dataset
 
-SOURCES = ("gsm8k-test", "reasoning-gym/<task>", "wiki-summaries")
+SOURCES = ("gsm8k-test", "reasoning-gym/<task>", "wiki-summaries", "wiki-facts")
 SUBSET_KEYS = ("n", "seed", "offset")
 RG_DEFAULT_N = 100
 RG_STREAM = 2**24  # entries available per seed
@@ -72,11 +72,16 @@ def load_builtin(ref: str) -> list[dict[str, Any]]:
     """Records of an embedded source.
 
     `builtin:gsm8k-test`, `builtin:wiki-summaries` (all records in file order, or with `?n=&seed=&offset=`
-    a seeded random subset), `builtin:reasoning-gym/<task>?n=100&seed=0&<generator options>`.
+    a seeded random subset), `builtin:reasoning-gym/<task>?n=100&seed=0&<generator options>`,
+    `builtin:wiki-facts?split=test&type=year` (polm.data.wiki_facts).
     """
     source, query = _split_ref(ref)
     if source.startswith("reasoning-gym/"):
         return reasoning_gym_records(source.partition("/")[2], query, where=ref)
+    if source == "wiki-facts":
+        from polm.data.wiki_facts import wiki_fact_records
+
+        return wiki_fact_records(query, where=ref)
     readers: dict[str, Callable[[], list[dict[str, Any]]]] = {
         "gsm8k-test": gsm8k_records, "wiki-summaries": wiki_records}
     if source not in readers:
