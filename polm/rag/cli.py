@@ -56,10 +56,11 @@ def open_index(path: str, options: dict[str, Any] | None = None):
     return load_index(path, build_embedder(name, merged))
 
 
-def _load_model(ref: str, chat: str, batch_size: int = 16):
+def _load_model(ref: str, chat: str | bool, batch_size: int = 16):
     from polm.eval.model import ModelAdapter
 
-    return ModelAdapter.load(ref, chat=chat, batch_size=batch_size)
+    mode = chat if chat == "auto" else ("true" if chat in (True, "true") else "false")
+    return ModelAdapter.load(ref, chat=mode, batch_size=batch_size)
 
 
 def _say(text: str) -> None:
@@ -119,7 +120,6 @@ def run_ask(args: argparse.Namespace) -> int:
     if args.rerank and model is None:
         raise PolmError("--rerank scores passages with a language model", fix="Pass --model too.")
     cfg = RetrievalConfig(retriever=args.retriever, k=args.k, rerank=args.rerank)
-    cfg.validate()
     hits = search(index, args.question, cfg, args.retriever, args.k, model, args.rerank)
     prompts = [rag_prompt(q, [(h.chunk.title, h.chunk.text) for h in row]) for q, row in zip(args.question, hits)]
     responses = model.generate(prompts, max_new_tokens=args.max_new_tokens) if model else [[None]] * len(prompts)

@@ -64,7 +64,7 @@ class RagEvalConfig:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     max_new_tokens: int = 48
     batch_size: int = 16
-    chat: Literal["auto", "true", "false"] = "auto"
+    chat: bool | Literal["auto"] = "auto"   # auto: the chat template when the tokenizer has one
     seed: int = 0
 
     def validate(self) -> None:

@@ -66,7 +66,7 @@ class SentenceTransformerEmbedder:
         st = require("sentence_transformers", "rag", "the dense index")
         self.model = st.SentenceTransformer(path, device=device)
         self.model.max_seq_length = min(max_tokens, self.model.max_seq_length or max_tokens)
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        self.dim = int(self.model.get_embedding_dimension())
         self.id, self.batch_size = f"{model_id}@{self.model.max_seq_length}", batch_size
 
     def encode(self, texts: list[str]) -> np.ndarray:
