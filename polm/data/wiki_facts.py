@@ -6,9 +6,9 @@ which every record carries as `passage`; splits are by document, so no test pass
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from polm.errors import PolmError
@@ -128,26 +128,18 @@ def build_facts(documents: list[tuple[str, str]]) -> list[dict[str, Any]]:
     return records
 
 
-@functools.lru_cache(maxsize=1)
-def _all_facts() -> tuple[dict[str, Any], ...]:
-    from polm.data.builtin import wiki_records
-
-    return tuple(build_facts([(r["title"], r["text"]) for r in wiki_records()]))
-
-
-def wiki_fact_records(query: dict[str, Any], where: str) -> list[dict[str, Any]]:
-    """`builtin:wiki-facts?split=test&type=year,number&n=200&seed=0`: filter by split and type (comma
-    lists; default all), then the seeded subset of polm.data.builtin."""
-    from polm.data.builtin import seeded_subset
-
+def select_facts(records: Iterable[dict[str, Any]], query: dict[str, Any],
+                 where: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The records of the query's `split` and `type` (comma lists; default all), and the query's
+    remaining subset keys (n, seed, offset) for polm.data.builtin.seeded_subset."""
     unknown = sorted(set(query) - set(FACT_KEYS))
     if unknown:
         raise PolmError(f"unknown query key '{unknown[0]}' for builtin:wiki-facts", where=where,
                         fix=f"Valid keys: {', '.join(FACT_KEYS)}.")
-    splits = _choices(query.pop("split", "all"), SPLITS, "split", where)
-    types = _choices(query.pop("type", "all"), TYPES, "type", where)
-    records = [dict(r) for r in _all_facts() if r["split"] in splits and r["type"] in types]
-    return seeded_subset(records, **query)
+    rest = dict(query)
+    splits = _choices(rest.pop("split", "all"), SPLITS, "split", where)
+    types = _choices(rest.pop("type", "all"), TYPES, "type", where)
+    return [dict(r) for r in records if r["split"] in splits and r["type"] in types], rest
 
 
 def _choices(value: Any, valid: tuple[str, ...], key: str, where: str) -> set[str]:

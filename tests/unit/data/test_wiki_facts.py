@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from polm.data.wiki_facts import build_facts, facts_of, sentences, split_of, wiki_fact_records
+from polm.data.wiki_facts import build_facts, facts_of, select_facts, sentences, split_of
 from polm.errors import PolmError
 
 EINSTEIN = ("Albert Einstein (14 March 1879 – 18 April 1955) was a German-born theoretical physicist. "
@@ -60,14 +60,23 @@ def test_sentences_split_on_terminal_punctuation_before_a_capital():
         "It is 3.5 m long.", "It was built in 1900!", "Why? no."]
 
 
-def test_query_filters_split_and_type(monkeypatch):
-    import polm.data.wiki_facts as wf
-
-    monkeypatch.setattr(wf, "_all_facts", lambda: tuple(build_facts([("Albert Einstein", EINSTEIN), ("Acme Corporation", ACME)])))
-    test_years = wiki_fact_records({"split": "test", "type": "year"}, where="ref")
-    assert [(r["doc_id"], r["type"]) for r in test_years] == [("Acme Corporation", "year")]
-    assert len(wiki_fact_records({"type": "number,entity", "n": 3, "seed": 1}, where="ref")) == 3
+def test_query_filters_split_and_type():
+    records = build_facts([("Albert Einstein", EINSTEIN), ("Acme Corporation", ACME)])
+    test_years, rest = select_facts(records, {"split": "test", "type": "year", "n": 1}, where="ref")
+    assert [(r["doc_id"], r["type"]) for r in test_years] == [("Acme Corporation", "year")] and rest == {"n": 1}
+    chosen, _ = select_facts(records, {"type": "number,entity"}, where="ref")
+    assert [r["type"] for r in chosen] == ["number", "entity", "number", "entity"]
     with pytest.raises(PolmError, match="split='validation' is not one of train, dev, test"):
-        wiki_fact_records({"split": "validation"}, where="ref")
+        select_facts(records, {"split": "validation"}, where="ref")
     with pytest.raises(PolmError, match="unknown query key 'size'"):
-        wiki_fact_records({"size": 3}, where="ref")
+        select_facts(records, {"size": 3}, where="ref")
+
+
+def test_builtin_reference_filters_and_subsets(monkeypatch):
+    import polm.data.builtin as builtin
+
+    records = tuple(build_facts([("Albert Einstein", EINSTEIN), ("Acme Corporation", ACME)]))
+    monkeypatch.setattr(builtin, "_wiki_facts", lambda: records)
+    assert len(builtin.load_builtin("builtin:wiki-facts")) == 6
+    picked = builtin.load_builtin("builtin:wiki-facts?split=train&n=2&seed=1")
+    assert len(picked) == 2 and {r["doc_id"] for r in picked} == {"Albert Einstein"}
