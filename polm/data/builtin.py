@@ -20,10 +20,11 @@ from typing import Any
 from urllib.parse import unquote
 
 from polm.assets import asset_file
+from polm.data.wiki_facts import build_facts, select_facts
 from polm.errors import PolmError, did_you_mean
 from polm.verify import task_config_class, task_dataset
 
-SOURCES = ("gsm8k-test", "reasoning-gym/<task>", "wiki-summaries")
+SOURCES = ("gsm8k-test", "reasoning-gym/<task>", "wiki-summaries", "wiki-facts")
 SUBSET_KEYS = ("n", "seed", "offset")
 RG_DEFAULT_N = 100
 RG_STREAM = 2**24  # entries available per seed
@@ -72,11 +73,15 @@ def load_builtin(ref: str) -> list[dict[str, Any]]:
     """Records of an embedded source.
 
     `builtin:gsm8k-test`, `builtin:wiki-summaries` (all records in file order, or with `?n=&seed=&offset=`
-    a seeded random subset), `builtin:reasoning-gym/<task>?n=100&seed=0&<generator options>`.
+    a seeded random subset), `builtin:reasoning-gym/<task>?n=100&seed=0&<generator options>`,
+    `builtin:wiki-facts?split=test&type=year` (polm.data.wiki_facts).
     """
     source, query = _split_ref(ref)
     if source.startswith("reasoning-gym/"):
         return reasoning_gym_records(source.partition("/")[2], query, where=ref)
+    if source == "wiki-facts":
+        records, subset = select_facts(_wiki_facts(), query, where=ref)
+        return seeded_subset(records, **subset)
     readers: dict[str, Callable[[], list[dict[str, Any]]]] = {
         "gsm8k-test": gsm8k_records, "wiki-summaries": wiki_records}
     if source not in readers:
@@ -138,6 +143,12 @@ def _wiki_items() -> tuple[tuple[str, str], ...]:
 def wiki_records() -> list[dict[str, Any]]:
     """The 10,033 English Wikipedia summaries as `{"text": extract, "title": title}`."""
     return [{"text": extract, "title": title} for title, extract in _wiki_items()]
+
+
+@functools.lru_cache(maxsize=1)
+def _wiki_facts() -> tuple[dict[str, Any], ...]:
+    """builtin:wiki-facts before filtering: every rule-built question of the summaries (polm.data.wiki_facts)."""
+    return tuple(build_facts(list(_wiki_items())))
 
 
 # --- reasoning-gym -----------------------------------------------------------------------------------
