@@ -130,18 +130,18 @@ class FrozenModel:
 
     def topk_logprobs(self, inputs: dict, targets: torch.Tensor, k: int, *, temperature: float = 1.0,
                       chunk_size: int | None = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ids [K,k] long, log softmax(z / T) of those ids [K,k] fp32): the k most likely next tokens at
+        """(ids [K,k] long, log softmax(z / T) of those ids [K,k] fp32), on CPU: the k most likely next tokens at
         each of the K target positions (row-major), `chunk_size` rows of logits at a time."""
         rows = self.target_rows(inputs, targets)
-        ids, logps = [], []
+        n = rows.hidden.shape[0]
+        step = max(1, chunk_size or n)
+        ids, logps = [torch.zeros((0, k), dtype=torch.long)], [torch.zeros((0, k))]
         with torch.no_grad():
-            for i in range(0, rows.hidden.shape[0], max(1, chunk_size or rows.hidden.shape[0])):
-                z = rows.logits(i, i + (chunk_size or rows.hidden.shape[0])).float()
-                top = torch.log_softmax(z / temperature, dim=-1).topk(k, dim=-1)
-                ids.append(top.indices)
-                logps.append(top.values)
-        empty = torch.zeros((0, k))
-        return (torch.cat(ids) if ids else empty.long()), (torch.cat(logps) if logps else empty)
+            for i in range(0, n, step):
+                top = torch.log_softmax(rows.logits(i, i + step).float() / temperature, dim=-1).topk(k, dim=-1)
+                ids.append(top.indices.cpu())
+                logps.append(top.values.cpu())
+        return torch.cat(ids), torch.cat(logps)
 
     def check_vocabulary(self, tokenizer, student_model: nn.Module | None = None, *, teacher: str,
                          student: str) -> None:
