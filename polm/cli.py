@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dpo": ("polm.recipes.dpo", "preference optimisation: DPO, IPO, cDPO, robust, hinge, KTO, ORPO, SimPO, CPO"),
     "grpo": ("polm.recipes.grpo", "RL with verifiable rewards: GRPO, Dr. GRPO, DAPO, RLOO, REINFORCE++"),
     "ppo": ("polm.recipes.ppo", "PPO-based RLHF with a value head and a reward model or verifier"),
+    "distill": ("polm.recipes.distill", "knowledge distillation: logit KD (KL, JSD, TV, top-k) and on-policy GKD"),
     "data": ("polm.data.cli", "build datasets: preference pairs from verifiers, references or a judge"),
     "generate": ("polm.generate", "batched generation from a model or adapter"),
     "chat": ("polm.chat", "interactive chat with a model or adapter"),

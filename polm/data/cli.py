@@ -1,4 +1,5 @@
-"""`polm data preferences ...`: build preference pairs offline, each written as JSONL with provenance.
+"""`polm data preferences ...`: build preference pairs offline, each written as JSONL with provenance;
+`polm data distill CONFIG`: a teacher's generations as an SFT dataset (polm.data.distill).
 
     polm data preferences onpolicy   --model smollm2-135m-instruct --data "builtin:reasoning-gym/basic_arithmetic?n=500&seed=3" --out pairs.jsonl
     polm data preferences references --data builtin:gsm8k-test --out pairs.jsonl --perturb wrong-number,truncate
@@ -19,6 +20,7 @@ import random
 import re
 from pathlib import Path
 
+from polm.config import add_config_arguments
 from polm.data.loaders import load_records
 from polm.data.templating import with_suffix
 from polm.errors import PolmError
@@ -29,6 +31,8 @@ NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="KIND", required=True)
+    distill = sub.add_parser("distill", help="sequence-level KD: a teacher's generations as an SFT dataset")
+    add_config_arguments(distill, "configs/distill_data.yaml")
     prefs = sub.add_parser("preferences", help="build preference pairs")
     kinds = prefs.add_subparsers(dest="builder", metavar="BUILDER", required=True)
     for name, text in (("onpolicy", "sample from a model, pair verified-correct with incorrect answers"),
@@ -60,6 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.data_command == "distill":
+        from polm.data.distill import run as run_distill
+
+        return run_distill(args)
     loaded = load_records(args.data, require_targets=args.builder == "references", allowed={"prompt_completion"})
     records = loaded.records[:args.limit] if args.limit else loaded.records
     if args.prompt_suffix:

@@ -4,7 +4,7 @@ always run in eval mode without gradients, and an atomic on-disk cache of what i
     FrozenModel.adapter_disabled(policy)   the policy with its PEFT adapter off — no second copy
     FrozenModel.copy_of(policy)            a frozen deep copy of the policy before its first update
     FrozenModel.initial(policy)            the policy itself, valid only until its first update
-    FrozenModel.load(ref)                  a separate model with its own tokenizer
+    FrozenModel.load(ref)                  a separate model with its own tokenizer (a distillation teacher)
     cached_outputs(key, dir, compute)      a dict of tensors computed once, keyed by `FrozenModel.cache_key`
 """
 
@@ -23,6 +23,7 @@ from torch import nn
 from polm.errors import PolmError
 from polm.io import atomic_file
 from polm.ops import IGNORE_INDEX, causal_targets, model_logprobs
+from polm.ops.divergence import TargetRows, target_rows
 
 MODEL_KEYS = ("input_ids", "attention_mask", "position_ids")
 
@@ -121,12 +122,55 @@ class FrozenModel:
             out.append(self.sequence_logps({k: v.to(self.device) for k, v in batch.items()}, chunk_size)[0].float().cpu())
         return torch.cat(out)
 
+    def target_rows(self, inputs: dict, targets: torch.Tensor, *, states: bool = False) -> TargetRows:
+        """The rows of this model's output that predict each target (`polm.ops.divergence.target_rows`),
+        without gradients: a teacher's last hidden state [K,H] and output layer, never its [B,T,V] logits."""
+        with self.active() as model:
+            return target_rows(model, inputs, targets, states=states)
+
+    def topk_logprobs(self, inputs: dict, targets: torch.Tensor, k: int, *, temperature: float = 1.0,
+                      chunk_size: int | None = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids [K,k] long, log softmax(z / T) of those ids [K,k] fp32), on CPU: the k most likely next tokens at
+        each of the K target positions (row-major), `chunk_size` rows of logits at a time."""
+        rows = self.target_rows(inputs, targets)
+        n = rows.hidden.shape[0]
+        step = max(1, chunk_size or n)
+        ids, logps = [torch.zeros((0, k), dtype=torch.long)], [torch.zeros((0, k))]
+        with torch.no_grad():
+            for i in range(0, n, step):
+                top = torch.log_softmax(rows.logits(i, i + step).float() / temperature, dim=-1).topk(k, dim=-1)
+                ids.append(top.indices.cpu())
+                logps.append(top.values.cpu())
+        return torch.cat(ids), torch.cat(logps)
+
+    def check_vocabulary(self, tokenizer, student_model: nn.Module | None = None, *, teacher: str,
+                         student: str) -> None:
+        """Refuse a teacher whose tokenizer is not the student's (the same token -> id map), or whose output
+        layer has another size: divergences compare distributions over the same token ids."""
+        ours, theirs = self.tokenizer.get_vocab(), tokenizer.get_vocab()
+        if ours != theirs:
+            differ = sorted(set(ours.items()) ^ set(theirs.items()), key=lambda kv: kv[1])[:2]
+            raise PolmError(f"the teacher '{teacher}' ({len(ours)} tokens) and the student '{student}' ({len(theirs)} "
+                            f"tokens) have different tokenizers (first differences: {differ})", where="teacher.model",
+                            fix="Distil from a teacher of the student's family (the same tokenizer); polm has no "
+                                "cross-tokenizer distillation")
+        sizes = output_size(self.model), output_size(student_model) if student_model is not None else None
+        if None not in sizes and sizes[0] != sizes[1]:
+            raise PolmError(f"the teacher '{teacher}' has {sizes[0]} output logits and the student '{student}' "
+                            f"{sizes[1]}", where="teacher.model",
+                            fix="Use a teacher and student with output layers of the same size")
+
     def cache_key(self, sequences: list[list[int]], template: str | None, extra: dict | None = None) -> str:
         """The key of this model's outputs on `sequences` (see `cache_key`), fingerprinted from `source`."""
         if self.source is None:
             raise PolmError("this frozen model has no source to fingerprint for its cache",
                             fix="Pass source=<model reference> when building it.")
         return cache_key(model_fingerprint(self.source), sequences, template, extra)
+
+
+def output_size(model: nn.Module) -> int | None:
+    """The size of the model's output layer (its vocabulary of logits), or None when it has no config."""
+    return getattr(getattr(model, "config", None), "vocab_size", None)
 
 
 def model_fingerprint(path: str) -> dict:
