@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("polm.eval.cli", "evaluate models on benchmark tasks"),
     "report": ("polm.eval.report_cli", "write an HTML report with plots for run directories"),
     "merge": ("polm.merge.cli", "merge fine-tunes of one base model (linear, task arithmetic, TIES, DARE, SLERP)"),
+    "knowledge": ("polm.knowledge.cli", "SliCK knowledge probes, their transitions, and the two-stage curriculum"),
     "prune": ("polm.compress.prune_cli", "prune a model: magnitude, Wanda, SparseGPT (unstructured, 2:4), depth, width"),
 }
 
