@@ -152,3 +152,17 @@ def test_curriculum_runs_every_condition_and_resumes_after_the_last_finished_sta
     assert report["noise_summary"]["facts"] == 12
     assert json.loads((out / "run.json").read_text())["status"] == "completed"
     assert "two_stage" in capsys.readouterr().out
+
+
+def test_the_example_configs_load_and_run(setup):
+    from polm.config import load_config
+    from polm.knowledge.curriculum import CurriculumConfig
+
+    root = Path(__file__).resolve().parents[2]
+    study = load_config(CurriculumConfig, root / "configs/knowledge_curriculum.yaml")
+    study.validate()
+    assert study.max_facts == {"train": 150, "dev": 50, "test": 50} and study.stage2.lr < study.stage1.lr
+    out = setup["tmp"] / "from-config"
+    assert main(["knowledge", "probe", str(root / "configs/knowledge_probe.yaml"), *PROBE, "--model", setup["model"],
+                 "--data", setup["data"], "--out", str(out)]) == 0
+    assert json.loads((out / "counts.json").read_text())["settings"]["n_samples"] == 4
