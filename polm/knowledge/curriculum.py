@@ -70,8 +70,9 @@ class CurriculumConfig:
         unknown = [c for c in self.conditions if c not in CONDITIONS]
         if unknown:
             raise PolmError(f"unknown curriculum condition(s) {unknown}", fix=f"Use some of {list(CONDITIONS)}.")
-        if self.exemplar_split == "test":
-            raise PolmError("exemplar_split is test: k-shot exemplars must never come from the test facts",
+        if self.exemplar_split not in ("dev", "probe"):
+            raise PolmError(f"exemplar_split is {self.exemplar_split}: k-shot exemplars come from dev or probe "
+                            "facts, never from the probed train facts or the test facts",
                             fix="Use exemplar_split: dev (or probe).")
         if not 0 <= self.replay_fraction <= 1:
             raise PolmError(f"replay_fraction must be in [0, 1], got {self.replay_fraction}")
