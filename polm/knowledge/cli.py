@@ -86,7 +86,7 @@ def run_probe(args: argparse.Namespace) -> int:
             "settings": cfg.probe.measured()}
     out = Path(cfg.output_dir)
     summary = write_probe(out, results, meta)
-    if cfg.probe.method == "teacher_forced" and cfg.probe.validate:
+    if cfg.probe.method == "teacher_forced" and cfg.probe.validate_facts:
         check = validation_report(results)
         atomic_write_json(out / "validate.json", check)
         print(f"teacher-forced vs sampling on {check['facts']} facts: categories agree on {check['agreement']:.1%}")

@@ -46,13 +46,13 @@ class ProbeConfig:
     max_new_tokens: int = 16          # an answer ends at the first newline or EOS
     method: Literal["sampling", "teacher_forced"] = "sampling"
     early_exit: bool = False          # sample only facts whose greedy answers are never correct
-    validate: int = 0                 # teacher_forced: also sample the first N facts and report agreement
+    validate_facts: int = 0           # teacher_forced: also sample the first N facts and report agreement
     seed: int = 0                     # draws the prompts' exemplars and the samples
     greedy_batch: int = 32            # prompts per greedy batch
     sample_batch: int = 10            # prompts per sampled batch (times n_samples rows)
     cache_dir: str = "runs/.knowledge-cache"   # "" = no cache
 
-    def validate_settings(self) -> None:
+    def validate(self) -> None:
         for key in ("n_prompts", "k_shot", "n_samples", "max_new_tokens", "greedy_batch", "sample_batch"):
             if getattr(self, key) < 1:
                 raise PolmError(f"probe.{key} must be at least 1, got {getattr(self, key)}")
@@ -82,13 +82,13 @@ def build_prompts(facts: list[dict], pool: list[dict], cfg: ProbeConfig) -> list
 
 def probe_facts(model, tokenizer, facts: list[dict], pool: list[dict], cfg: ProbeConfig) -> list[dict]:
     """One result per fact: {key, question, answer, type, split, p_greedy, p_sample, category,
-    greedy_answers, samples_drawn}; with `validate`, the first rows also carry `sampling_category`."""
-    cfg.validate_settings()
+    greedy_answers, samples_drawn}; with `validate_facts`, the first rows also carry `sampling_category`."""
+    cfg.validate()
     prompts = build_prompts(facts, pool, cfg)
     if cfg.method == "teacher_forced":
         results = teacher_forced_probe(model, tokenizer, facts, prompts, cfg)
-        if cfg.validate:
-            n = min(cfg.validate, len(facts))
+        if cfg.validate_facts:
+            n = min(cfg.validate_facts, len(facts))
             for row, check in zip(results, sampling_probe(model, tokenizer, facts[:n], prompts[:n], cfg)):
                 row["sampling_category"] = check["category"]
         return results
@@ -212,7 +212,7 @@ def cached_probe(model_ref: str, facts: list[dict], pool: list[dict], cfg: Probe
                  model=None, tokenizer=None) -> tuple[list[dict], bool]:
     """(results, whether they came from the cache) of probing the model at `model_ref` (loaded only on a
     miss, unless `model` and `tokenizer` are given: then they must be the model stored at `model_ref`)."""
-    cfg.validate_settings()
+    cfg.validate()
     key = probe_cache_key(model_sha256(model_ref), facts, pool, cfg)
     path = Path(cfg.cache_dir) / f"probe-{key}.jsonl" if cfg.cache_dir else None
     if path is not None and path.is_file():

@@ -77,7 +77,7 @@ def test_probe_twice_with_two_seeds_then_compare(setup, capsys):
 def test_teacher_forced_probe_writes_its_validation(setup):
     out = setup["tmp"] / "tf"
     assert main(["knowledge", "probe", "--model", setup["model"], "--data", setup["data"], "--out", str(out),
-                 *PROBE, "probe.method=teacher_forced", "probe.validate=4"]) == 0
+                 *PROBE, "probe.method=teacher_forced", "probe.validate_facts=4"]) == 0
     check = json.loads((out / "validate.json").read_text())
     assert check["facts"] == 4 and 0 <= check["agreement"] <= 1
 
@@ -85,6 +85,8 @@ def test_teacher_forced_probe_writes_its_validation(setup):
 @pytest.mark.parametrize("override, message", [
     ("exemplar_split=test", "exemplars must never come from the test facts"),
     ("probe.k_shot=2", "2-shot prompts need at least 3"),
+    ("probe.n_prompts=0", "probe.n_prompts must be at least 1"),
+    ("splits=[dev]", "exemplar_split 'dev' is also a probed split"),
 ])
 def test_probe_bad_input_is_one_line(setup, capsys, override, message):
     code = main(["knowledge", "probe", "--model", setup["model"], "--data", setup["data"], *PROBE, override])

@@ -109,7 +109,7 @@ def test_teacher_forced_probability_is_the_product_of_filtered_token_probabiliti
 def test_teacher_forced_method_and_its_validation(spread_llama, tiny_tokenizer):
     facts = year_facts(4)
     facts[1] = {**facts[1], "aliases": ["1951.", "fifty-one"]}
-    cfg = replace(SMALL, method="teacher_forced", validate=3)
+    cfg = replace(SMALL, method="teacher_forced", validate_facts=3)
     tf = probe_facts(spread_llama, tiny_tokenizer, facts, pool_facts(), cfg)
     # by hand for fact 1: per prompt the best of its three golds, averaged over the 3 prompts
     prompts = build_prompts(facts, pool_facts(), cfg)[1]
