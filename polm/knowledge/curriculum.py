@@ -35,7 +35,7 @@ from polm.knowledge.categories import (
     transition_matrix,
     transition_summary,
 )
-from polm.knowledge.facts import check_disjoint, load_facts, split_of
+from polm.knowledge.facts import check_disjoint, fact_key, load_facts, split_of
 from polm.knowledge.probe import ProbeConfig, cached_probe, read_results
 from polm.knowledge.report import write_probe
 from polm.knowledge.training import train_stage, zero_shot_correct
@@ -159,7 +159,7 @@ def _run_stages(study: Study, facts: dict[str, list[dict]], tokenizer) -> dict[s
         again = study.stage("probe_noise", lambda d: _probe_to(d, base, facts["train"], pool, noise_cfg))
         noise = transition_matrix(base_cat, _categories(again))
     train_keys = {r["key"]: r for r in read_results(probe_base["dir"]) if r["split"] == "train"}
-    by_key = {f"{f['question']}\t{f['answer']}": f for f in facts["train"]}
+    by_key = {fact_key(f): f for f in facts["train"]}
     in_category = {c: [by_key[k] for k, r in train_keys.items() if r["category"] == c] for c in CATEGORIES}
 
     def fresh_stage(records: list[dict], train_cfg: TrainConfig):
@@ -176,16 +176,15 @@ def _run_stages(study: Study, facts: dict[str, list[dict]], tokenizer) -> dict[s
             return _train_and_eval(d, model, tokenizer, records_fn(), facts, pool, train_cfg, cfg)
         return run
 
-    maybe, stage1_cfg = in_category["MaybeKnown"], cfg.stage1
-    budget = replace(cfg.stage1, max_steps=cfg.stage1.max_steps + cfg.stage2.max_steps)
-    wants_two = {"two_stage", "two_stage_no_replay"} & set(cfg.conditions)
-    if wants_two:
-        study.stage("stage1", fresh_stage(maybe, stage1_cfg))
+    maybe = in_category["MaybeKnown"]
+    budget = replace(cfg.stage1, max_steps=cfg.stage1.max_steps + cfg.stage2.max_steps)   # the two stages' steps
+    if {"two_stage", "two_stage_no_replay"} & set(cfg.conditions):
+        study.stage("stage1", fresh_stage(maybe, cfg.stage1))
 
     def stage2_facts(replay: bool) -> list[dict]:
         after1 = _categories(study.done["stage1"]["probe"])
         upgraded = [f for c in ("WeaklyKnown", "Unknown") for f in in_category[c]
-                    if after1.get(f"{f['question']}\t{f['answer']}") in ("HighlyKnown", "MaybeKnown")]
+                    if after1.get(fact_key(f)) in ("HighlyKnown", "MaybeKnown")]
         highly = in_category["HighlyKnown"]
         n_replay = round(cfg.replay_fraction * len(highly)) if replay else 0
         return maybe + upgraded + random.Random(cfg.seed).sample(highly, n_replay)
@@ -203,7 +202,7 @@ def _train_and_eval(d: Path, model, tokenizer, records: list[dict], facts: dict[
     """Train one stage, then probe its model on the train facts and score it on the test facts."""
     out = train_stage(model, tokenizer, records, facts["dev"], train_cfg, d, max_length=cfg.max_length,
                       lineage={"model": cfg.model.name, "data": cfg.data})
-    out["trained_keys"] = [f"{f['question']}\t{f['answer']}" for f in records]
+    out["trained_keys"] = [fact_key(f) for f in records]
     out["probe"] = _probe_to(d / "probe", out["final_dir"], facts["train"], pool, cfg.probe, model, tokenizer)
     out["test_correct"] = zero_shot_correct(model, tokenizer, facts["test"], max_new_tokens=cfg.probe.max_new_tokens)
     return out
@@ -213,9 +212,9 @@ def build_report(base_cat: dict[str, str], results: dict[str, dict], noise: dict
                  facts: dict[str, list[dict]]) -> dict[str, Any]:
     """One row per condition: knowledge metrics on the train facts (vs the base probe), the transition
     matrix, test accuracy overall and by the test facts' base category (each with a bootstrap CI)."""
-    train_keys = {f"{f['question']}\t{f['answer']}" for f in facts["train"]}
+    train_keys = {fact_key(f) for f in facts["train"]}
     base_train = {k: v for k, v in base_cat.items() if k in train_keys}
-    test_cat = [base_cat.get(f"{f['question']}\t{f['answer']}") for f in facts["test"]]
+    test_cat = [base_cat.get(fact_key(f)) for f in facts["test"]]
     rows = {}
     for cond, res in results.items():
         after = _categories(res["probe"])
