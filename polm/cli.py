@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("polm.eval.report_cli", "write an HTML report with plots for run directories"),
     "merge": ("polm.merge.cli", "merge fine-tunes of one base model (linear, task arithmetic, TIES, DARE, SLERP)"),
     "rag": ("polm.rag.cli", "retrieval-augmented generation: index, ask with citations, eval, RAFT data"),
+    "knowledge": ("polm.knowledge.cli", "SliCK knowledge probes, their transitions, and the two-stage curriculum"),
     "prune": ("polm.compress.prune_cli", "prune a model: magnitude, Wanda, SparseGPT (unstructured, 2:4), depth, width"),
 }
 

@@ -82,7 +82,7 @@ def build_tiny_tokenizer():
     return fast
 
 
-def build_tiny_llama(vocab_size: int, seed: int = 0):
+def build_tiny_llama(vocab_size: int, seed: int = 0, initializer_range: float = 0.02):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -98,6 +98,7 @@ def build_tiny_llama(vocab_size: int, seed: int = 0):
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=0,
+        initializer_range=initializer_range,   # wider (e.g. 0.5): answers that differ between prompts
     )
     model = LlamaForCausalLM(config)
     model.eval()

@@ -66,6 +66,12 @@ def summarize_skips(loaded: LoadedData, show: int = 3) -> str:
     return f"Skipped {len(loaded.skipped)} of {total} records from '{loaded.source}' ({shown}{more})"
 
 
+def read_items(ref: str) -> Iterator[Item]:
+    """(where, record) for every raw record of `ref`, unvalidated (record formats other than polm's
+    training formats, e.g. QA facts); a malformed line comes as (where, PolmError)."""
+    return _items(ref)
+
+
 def _items(ref: str) -> Iterator[Item]:
     if ref.startswith("builtin:"):
         from polm.data.builtin import load_builtin  # its sources pull optional packages

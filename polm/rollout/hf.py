@@ -29,7 +29,8 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
-def _left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask), both [B, max len]: each sequence right-aligned after `pad_id`s."""
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -89,7 +90,7 @@ class HFGenerator:
         """Decode `s.n` samples per prompt. Tokens and logprobs go into preallocated [rows, max_new_tokens]
         buffers; the only host sync per step is finding the rows still running (none when stop strings
         are set: then the running rows' text is decoded each step too)."""
-        ids, attn = _left_pad(prompts, self.pad_id, device)
+        ids, attn = left_pad(prompts, self.pad_id, device)
         pos = positions(attn)
         out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
