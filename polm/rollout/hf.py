@@ -16,7 +16,6 @@ import torch
 
 from polm.errors import PolmError
 from polm.rollout.base import Completion, SamplingConfig
-from polm.rollout.kv_cache import preallocated_cache
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -104,6 +103,8 @@ class HFGenerator:
         ids, attn = _left_pad(prompts, self.pad_id, device)
         pos = positions(attn)
         width = ids.shape[1]
+        from polm.rollout.kv_cache import preallocated_cache  # imports transformers: only when generating
+
         cache = preallocated_cache(self.model.config, width + s.max_new_tokens) \
             if self.kv_cache == "preallocated" else None
         out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
