@@ -7,7 +7,8 @@ function), and flash-attention derives its varlen `cu_seq_lens` from the same re
 (`_is_packed_sequence`, independent of the cache). The model MUST be called with `use_cache=False`:
 with a cache (the config default), transformers skips the detection and tokens attend across
 examples. `polm.ops.logprobs` passes it for every recipe; tests/unit/data/test_collate.py checks
-both the parity and the leak.
+both the parity and the leak. `polm.models.attention.packed_attention` replaces the mask with attention
+per segment (the SFT default).
 """
 
 from __future__ import annotations

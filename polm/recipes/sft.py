@@ -25,6 +25,7 @@ from polm.data.templating import encode_records, trained_prompt_format
 from polm.errors import PolmError
 from polm.io import records_sha256
 from polm.models import LoraConfig, ModelConfig, attach_adapter, load_model, load_tokenizer
+from polm.models.attention import packed_attention
 from polm.models.save import save_final
 from polm.ops.logprobs import causal_lm_loss
 from polm.rundir import check_output_dir, run_directory
@@ -43,6 +44,7 @@ class SFTData:
     max_length: int = 512
     truncation: Literal["right", "drop"] = "right"
     packing: bool = True              # padding-free: a micro-batch is one row with per-example positions
+    packed_attention: Literal["segment", "mask"] = "segment"   # packed rows: SDPA per example, or one block mask
     chat: bool = True                 # chat-template prompt/completion records
     prompt_suffix: str = ""           # appended on a new line to each prompt (e.g. the eval's answer-format line)
     system_prompt: str | None = None  # a system turn before each prompt (chat records without one)
@@ -116,7 +118,8 @@ def run_sft(cfg: SFTConfig) -> dict:
     # 4. train on the shared loop, inside a run directory that records how it ended
     lineage = {"model": cfg.model.name, "data": data_info}
     with run_directory(run_dir, cfg, recipe="sft", overwrite=cfg.overwrite, lineage=lineage):
-        result = train(model=model, step_fn=step, batches=batches, cfg=cfg.train, run_dir=run_dir, eval_fn=eval_fn)
+        with packed_attention(model, cfg.data.packed_attention if cfg.data.packing else "mask"):
+            result = train(model=model, step_fn=step, batches=batches, cfg=cfg.train, run_dir=run_dir, eval_fn=eval_fn)
         final_dir = save_final(model, tokenizer, run_dir, card=model_card(cfg, run_dir),
                                prompt_format=prompt_format(cfg, tokenizer))
         plot_metrics(run_dir)

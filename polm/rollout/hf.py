@@ -10,9 +10,11 @@ as `model.generate(do_sample=False)`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 
+from polm.errors import PolmError
 from polm.rollout.base import Completion, SamplingConfig
 
 
@@ -54,10 +56,17 @@ def _eos_ids(model, tokenizer) -> list[int]:
 
 class HFGenerator:
     """The default backend: the model itself (shares its weights, so `sync_weights` has nothing to do).
-    `prompts_per_batch` prompts (each with its n samples) are decoded together."""
+    `prompts_per_batch` prompts (each with its n samples) are decoded together. `kv_cache`:
+    "preallocated" (each layer's KV buffers sized for prompt + max_new_tokens once, written in place)
+    or "dynamic" (transformers' DynamicCache, which re-concatenates every layer's cache each step);
+    both give the same tokens."""
 
-    def __init__(self, model, tokenizer, prompts_per_batch: int = 16):
+    def __init__(self, model, tokenizer, prompts_per_batch: int = 16,
+                 kv_cache: Literal["preallocated", "dynamic"] = "preallocated"):
+        if kv_cache not in ("preallocated", "dynamic"):
+            raise PolmError(f"unknown kv_cache '{kv_cache}'", fix="Use preallocated (the default) or dynamic.")
         self.model, self.tokenizer, self.prompts_per_batch = model, tokenizer, max(1, prompts_per_batch)
+        self.kv_cache = kv_cache
         eos = _eos_ids(model, tokenizer)
         self.eos_ids = torch.tensor(eos, dtype=torch.long)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
@@ -88,16 +97,25 @@ class HFGenerator:
     def _generate_chunk(self, prompts: list[list[int]], s: SamplingConfig, rng: torch.Generator,
                         device: torch.device) -> list[Completion]:
         """Decode `s.n` samples per prompt. Tokens and logprobs go into preallocated [rows, max_new_tokens]
-        buffers; the only host sync per step is finding the rows still running (none when stop strings
-        are set: then the running rows' text is decoded each step too)."""
+        buffers, the attention mask into a [rows, prompt + max_new_tokens] one, the KV cache into
+        preallocated layers (`kv_cache="preallocated"`). The only host sync per step is finding the rows
+        still running, and only once a row can end (from min_new_tokens on); with stop strings the
+        running rows' text is decoded each step too."""
         ids, attn = left_pad(prompts, self.pad_id, device)
         pos = positions(attn)
-        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
+        width = ids.shape[1]
+        from polm.rollout.kv_cache import preallocated_cache  # imports transformers: only when generating
+
+        cache = preallocated_cache(self.model.config, width + s.max_new_tokens) \
+            if self.kv_cache == "preallocated" else None
+        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
+                         use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
         cache.batch_repeat_interleave(s.n)          # prefill once, decode n samples per prompt
         logits = out.logits[:, -1].float().repeat_interleave(s.n, 0)
-        attn, next_pos = attn.repeat_interleave(s.n, 0), pos[:, -1:].repeat_interleave(s.n, 0) + 1
         rows = len(prompts) * s.n
+        attn = torch.cat([attn.repeat_interleave(s.n, 0), attn.new_ones((rows, s.max_new_tokens))], dim=1)
+        next_pos = pos[:, -1:].repeat_interleave(s.n, 0) + 1
         tokens = torch.full((rows, s.max_new_tokens), self.pad_id, dtype=torch.long, device=device)
         logps = torch.zeros((rows, s.max_new_tokens), dtype=torch.float32, device=device)
         lengths = torch.zeros(rows, dtype=torch.long, device=device)
@@ -107,20 +125,20 @@ class HFGenerator:
         for step in range(s.max_new_tokens):
             token, logp = self._sample(logits, s, rng, blocked=eos if step < s.min_new_tokens else None)
             tokens[active, step], logps[active, step] = token, logp
-            lengths[active] = step + 1
-            done = torch.isin(token, eos)
-            if s.stop and step + 1 >= s.min_new_tokens:
-                done |= self._hit_stop(tokens[active, :step + 1], s.stop)
-            stopped[active] = done
-            keep = (~done).nonzero().squeeze(1)       # the one sync of the step
-            if keep.numel() == 0:
-                break
-            if keep.numel() < active.numel():           # finished rows leave the batch
-                cache.batch_select_indices(keep)
-                active, token, attn, next_pos = active[keep], token[keep], attn[keep], next_pos[keep]
-            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
-            out = self.model(input_ids=token[:, None], attention_mask=attn, position_ids=next_pos,
-                             past_key_values=cache, use_cache=True)
+            if step + 1 >= s.min_new_tokens:          # before, EOS is blocked and stop strings don't count
+                lengths[active] = step + 1
+                done = torch.isin(token, eos)
+                if s.stop:
+                    done |= self._hit_stop(tokens[active, :step + 1], s.stop)
+                stopped[active] = done
+                keep = (~done).nonzero().squeeze(1)   # the one sync of the step
+                if keep.numel() == 0:
+                    break
+                if keep.numel() < active.numel():       # finished rows leave the batch
+                    cache.batch_select_indices(keep)
+                    active, token, attn, next_pos = active[keep], token[keep], attn[keep], next_pos[keep]
+            out = self.model(input_ids=token[:, None], attention_mask=attn[:, :width + step + 1],
+                             position_ids=next_pos, past_key_values=cache, use_cache=True)
             logits, next_pos = out.logits[:, -1].float(), next_pos + 1
         return self._completions(tokens.tolist(), logps.tolist(), lengths.tolist(), stopped.tolist(), s)
 
@@ -130,13 +148,15 @@ class HFGenerator:
         """(token [B], its log-probability under softmax(logits / T) [B]); greedy scores at T = 1.
 
         `blocked` token ids (EOS before min_new_tokens) are never drawn, but the log-probability is the
-        policy's own, unmasked one: the one the training forward recomputes for the importance ratio."""
-        allowed = logits if blocked is None else logits.index_fill(-1, blocked, float("-inf"))
+        policy's own, unmasked one: the one the training forward recomputes for the importance ratio.
+        logits / T is taken once (not at T = 1: x / 1 is x), and blocking it then is blocking first."""
         if s.temperature == 0:
+            allowed = logits if blocked is None else logits.index_fill(-1, blocked, float("-inf"))
             token = allowed.argmax(-1)
             return token, logits.log_softmax(-1).gather(-1, token[:, None]).squeeze(1)
-        scaled = logits / s.temperature
-        probs = filter_logits(allowed / s.temperature, s.top_k, s.top_p).softmax(-1)
+        scaled = logits if s.temperature == 1 else logits / s.temperature
+        allowed = scaled if blocked is None else scaled.index_fill(-1, blocked, float("-inf"))
+        probs = filter_logits(allowed, s.top_k, s.top_p).softmax(-1)
         token = torch.multinomial(probs, 1, generator=rng).squeeze(1)
         return token, scaled.log_softmax(-1).gather(-1, token[:, None]).squeeze(1)
 

@@ -170,3 +170,27 @@ def test_the_same_seed_builds_the_same_lora_policy_twice_in_one_process(tiny_mod
     assert adapters[0].keys() == adapters[1].keys() and any("lora_A" in k for k in adapters[0])
     for key in adapters[0]:
         assert torch.equal(adapters[0][key], adapters[1][key]), key
+
+
+def test_packed_rows_train_per_segment_by_default_with_the_mask_paths_losses(tiny_model_dir, chat_file, tmp_path,
+                                                                              monkeypatch):
+    """data.packed_attention=segment (the default) runs attention per packed example and trains the same
+    losses and gradient norms as transformers' block-diagonal mask (data.packed_attention=mask)."""
+    import polm.models.attention as attention
+
+    calls = []
+    real = attention.segment_sdpa_forward
+    monkeypatch.setattr(attention, "segment_sdpa_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    runs = {}
+    for mode in ("segment", "mask"):
+        out = tmp_path / mode
+        extra = ["train.max_steps=4"] + ([] if mode == "segment" else [f"data.packed_attention={mode}"])
+        assert main(sft_args(tiny_model_dir, chat_file, out, *extra)) == 0
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        runs[mode] = [(r["loss"], r["grad_norm"]) for r in rows if "loss" in r and "grad_norm" in r]
+        if mode == "segment":
+            assert len(calls) > 0
+            calls.clear()
+    assert calls == [] and len(runs["segment"]) == 4
+    for (loss_s, norm_s), (loss_m, norm_m) in zip(runs["segment"], runs["mask"]):
+        assert loss_s == pytest.approx(loss_m, rel=1e-5) and norm_s == pytest.approx(norm_m, rel=1e-4)

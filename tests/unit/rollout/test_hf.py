@@ -188,3 +188,47 @@ def test_min_new_tokens_is_validated():
 
     with pytest.raises(PolmError, match="min_new_tokens=9 must be in"):
         SamplingConfig(max_new_tokens=8, min_new_tokens=9).validate()
+
+
+# Tokens of the sampler before the preallocated KV cache and the per-step changes (polm at fb4cc5a),
+# on the sharpened tiny model: SamplingConfig(n=3, max_new_tokens=10, temperature=0.8, top_k=40,
+# top_p=0.95, min_new_tokens=2), seed 11, token 245 as EOS, two prompts per batch.
+BEFORE = [[221, 93, 264, 19, 300, 311, 245], [86, 54, 288, 393, 393, 245], [86, 100, 360, 245],
+          [26, 184, 355, 327, 318, 165, 124, 236, 293, 250], [45, 358, 176, 280, 331, 69, 328, 305, 290, 302],
+          [169, 136, 48, 214, 328, 242, 227, 47, 96, 378], [376, 269, 125, 150, 334, 94, 37, 251, 48, 134],
+          [91, 284, 88, 53, 350, 86, 391, 197, 250, 88], [381, 104, 122, 134, 47, 365, 301, 151, 42, 260]]
+
+
+@pytest.mark.parametrize("kv_cache", ["preallocated", "dynamic"])
+def test_seeded_sampling_gives_the_tokens_of_the_sampler_before(tiny_llama, tiny_tokenizer, kv_cache):
+    """Same seed, same tokens as before (rows ending at EOS at different steps, top-k + top-p, T != 1,
+    min_new_tokens), and the first row's logprobs as recorded then."""
+    gen = HFGenerator(_sharpen(tiny_llama), tiny_tokenizer, prompts_per_batch=2, kv_cache=kv_cache)
+    gen.eos_ids = torch.tensor([245])
+    s = SamplingConfig(n=3, max_new_tokens=10, temperature=0.8, top_k=40, top_p=0.95, min_new_tokens=2)
+    got = gen.generate(_prompt_ids(tiny_tokenizer), s, seed=11)
+    assert [c.token_ids for c in got] == BEFORE
+    assert [c.finish_reason for c in got] == ["stop"] * 3 + ["length"] * 6
+    expected = [-4.568174, -1.934157, -4.421923, -0.092636, -3.616646, -4.489311, -3.122592]
+    assert got[0].logprobs == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("sampling", [dict(temperature=0.0), dict(temperature=1.0),
+                                      dict(temperature=0.7, top_p=0.9, min_new_tokens=3)])
+def test_preallocated_and_dynamic_caches_give_identical_completions(tiny_llama, tiny_tokenizer, sampling):
+    """Bit for bit: tokens, logprobs and finish reasons, with rows leaving the batch early."""
+    model = _sharpen(tiny_llama)
+    ids = _prompt_ids(tiny_tokenizer)
+    runs = []
+    for kv_cache in ("preallocated", "dynamic"):
+        gen = HFGenerator(model, tiny_tokenizer, kv_cache=kv_cache)
+        gen.eos_ids = torch.tensor([245, 48])
+        runs.append(gen.generate(ids, SamplingConfig(n=4, max_new_tokens=12, **sampling), seed=3))
+    assert [(c.token_ids, c.logprobs, c.finish_reason) for c in runs[0]] == \
+        [(c.token_ids, c.logprobs, c.finish_reason) for c in runs[1]]
+    assert {c.finish_reason for c in runs[0]} == {"stop", "length"} or sampling["temperature"] == 0.0
+
+
+def test_an_unknown_kv_cache_is_explained(tiny_llama, tiny_tokenizer):
+    with pytest.raises(PolmError, match="kv_cache"):
+        HFGenerator(tiny_llama, tiny_tokenizer, kv_cache="static")
