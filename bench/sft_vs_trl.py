@@ -56,6 +56,7 @@ class Settings:
     adam_betas: tuple = (0.9, 0.999)
     adam_eps: float = 1e-8
     polm_optimizer_impl: str = "auto"  # polm's train.optimizer_impl; TRL keeps its default optimizer
+    polm_packed_attention: str = "segment"   # polm's data.packed_attention: SDPA per packed example, or one block mask
     schedule: str = "cosine"
     warmup_steps: int = 0            # a short run: every step trains, so the whole loss trajectory compares updates
     max_grad_norm: float = 1.0
@@ -137,6 +138,7 @@ def run_polm(spec: dict) -> dict:
 
     from polm.data.collate import pack_collate
     from polm.models import LoraConfig, ModelConfig, attach_adapter, load_model
+    from polm.models.attention import packed_attention
     from polm.ops.logprobs import causal_lm_loss
     from polm.train.batches import BatchStream
     from polm.train.loop import StepOutput, train
@@ -163,7 +165,8 @@ def run_polm(spec: dict) -> dict:
     batches = BatchStream(examples, pack_collate, s.micro_batch_size, seed=s.seed, shuffle=False)
     rss_start = common.peak_rss_mib()
     with tempfile.TemporaryDirectory(prefix="polm-bench-run-") as run_dir:
-        train(model=model, step_fn=step, batches=batches, cfg=_polm_train_config(spec, s), run_dir=Path(run_dir))
+        with packed_attention(model, s.polm_packed_attention):
+            train(model=model, step_fn=step, batches=batches, cfg=_polm_train_config(spec, s), run_dir=Path(run_dir))
         clock.finish()
         records = [r for r in read_metrics(Path(run_dir)) if "loss" in r]
     return {"losses": [r["loss"] for r in records], "grad_norms": [r["grad_norm"] for r in records],
@@ -390,6 +393,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="measured rounds per side")
     parser.add_argument("--polm-optimizer-impl", choices=["auto", "fused", "foreach", "for-loop"],
                         help="polm's train.optimizer_impl (default auto: fused where torch has the kernel)")
+    parser.add_argument("--polm-packed-attention", choices=["segment", "mask"],
+                        help="polm's data.packed_attention (default segment: SDPA per packed example)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads per worker (default: one per core); "
                         "1 avoids OpenMP stalls when other processes oversubscribe the cores")
     parser.add_argument("--out", type=Path, help="default: bench/results/sft_vs_trl.json (_quick.json with --quick)")
@@ -451,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     settings = replace(Settings(), **(QUICK if args.quick else {}))
     settings = replace(settings, **{k: v for k, v in (("steps", args.steps), ("repeats", args.repeats),
-                                                      ("polm_optimizer_impl", args.polm_optimizer_impl)) if v})
+                                                      ("polm_optimizer_impl", args.polm_optimizer_impl),
+                                                      ("polm_packed_attention", args.polm_packed_attention)) if v})
     out = args.out or common.RESULTS_DIR / ("sft_vs_trl_quick.json" if args.quick else "sft_vs_trl.json")
     report = run_benchmark(args, settings)
     print_table(report["results"], args.device)
