@@ -221,6 +221,27 @@ def speed_worker(path: str, form: str, new_tokens: int, threads: int | None) -> 
             "sample": texts[1][0][:80]}
 
 
+def _ci(m: dict, digits: int = 2) -> str:
+    return f"{m['value']:.{digits}f} [{m['ci_low']:.{digits}f}, {m['ci_high']:.{digits}f}]"
+
+
+def markdown(result: dict) -> str:
+    """The docs table of a result JSON: one row per compressed model."""
+    head = ["row", "perplexity [95% CI]", "KL to dense (nats/token)", "top-1 = dense",
+            *[f"{t.split('?')[0].split(':')[1]} acc [95% CI]" for t in result["tasks"]], "MiB on disk",
+            "tok/s fp32", "tok/s torchao", "peak RSS MiB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row, entry in result["table"].items():
+        q, speed = entry["quality"], entry.get("speed_median", {})
+        fp32, ao = speed.get("dense-fp32", {}), speed.get("torchao", {})
+        cells = [row, _ci(q["perplexity"]), f"{q['kl']['kl_mean']:.4f}", f"{q['kl']['top1_agreement']:.3f}",
+                 *[_ci(q[t]["accuracy"]) for t in result["tasks"]], f"{entry['disk']['deployable'] / 2**20:.0f}",
+                 f"{fp32['tokens_per_s']:.1f}" if fp32 else "", f"{ao['tokens_per_s']:.1f}" if ao else "",
+                 f"{fp32['peak_rss_mib']:.0f}" + (f" / {ao['peak_rss_mib']:.0f}" if ao else "") if fp32 else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default=",".join(ROWS))
@@ -236,9 +257,13 @@ def main() -> None:
     parser.add_argument("--merge-from", type=Path, action="append", default=[],
                         help="earlier result JSONs whose rows' quality is kept (repeatable)")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--markdown", type=Path, help="print the docs table of a result JSON and exit")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return
     if args.worker:
         spec = json.loads(Path(args.worker).read_text())
         if spec["job"] == "build":

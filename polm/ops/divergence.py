@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from polm.ops.logprobs import _kept_rows, _model_inputs, _plain_head, _row_chunks
+from polm.ops.logprobs import _kept_rows, _model_inputs, _plain_head, _row_chunks, scaled_saved_grads
 
 # row_loss(logits [c,V], start, stop) -> per-row loss [c] for rows start..stop
 RowLoss = Callable[[torch.Tensor, int, int], torch.Tensor]
@@ -53,10 +53,7 @@ class _ChunkedRowLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        grad_h, grad_w = ctx.saved_tensors
-        grad_h = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
-        grad_w = grad_w * grad_out.to(grad_w.dtype) if grad_w is not None else None
-        return grad_h, grad_w, None, None
+        return (*scaled_saved_grads(ctx, grad_out), None, None)
 
 
 def chunked_rows_loss(hidden: torch.Tensor, weight: torch.Tensor | None, row_loss: RowLoss,

@@ -171,6 +171,15 @@ def _spread(values: torch.Tensor, rows: torch.Tensor | None, n: int) -> torch.Te
     return values.new_zeros((n, *values.shape[1:])).index_copy_(0, rows, values)
 
 
+def scaled_saved_grads(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Backward of a loss whose forward already computed d loss / d (hidden, weight) and saved them:
+    the chain rule only scales them by the scalar upstream gradient."""
+    grad_h, grad_w = ctx.saved_tensors
+    grad_h = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
+    grad_w = grad_w * grad_out.to(grad_w.dtype) if grad_w is not None else None
+    return grad_h, grad_w
+
+
 class _ChunkedCrossEntropy(torch.autograd.Function):
     """Σ CE(hidden @ weightᵀ, targets) without the full [N,V] logits (as Liger's fused linear CE).
 
@@ -203,10 +212,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        grad_h, grad_w = ctx.saved_tensors
-        grad_h = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
-        grad_w = grad_w * grad_out.to(grad_w.dtype) if grad_w is not None else None
-        return grad_h, grad_w, None, None
+        return (*scaled_saved_grads(ctx, grad_out), None, None)
 
 
 def chunked_cross_entropy(
