@@ -53,6 +53,7 @@ ROWS: dict[str, dict] = {
     "gptq-int4-g32": {"kind": "quantize", "method": "gptq", "bits": 4, "group_size": 32, "symmetric": True},
     "gguf-q8_0": {"kind": "gguf", "quant": "q8_0"},
     "gguf-q4_0": {"kind": "gguf", "quant": "q4_0"},
+    "gguf-q4_1": {"kind": "gguf", "quant": "q4_1"},
     "magnitude-50": {"kind": "prune", "method": "magnitude", "sparsity": 0.5},
     "wanda-50": {"kind": "prune", "method": "wanda", "sparsity": 0.5},
     "sparsegpt-50": {"kind": "prune", "method": "sparsegpt", "sparsity": 0.5},
