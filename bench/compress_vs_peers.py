@@ -317,7 +317,7 @@ def run_pair(pair: str, args, model_dir: Path, calib: Path, env: dict, llmc: str
                 continue
             spec["convert_script"] = args.convert_script
         specs[tool] = spec
-    results, _ = common.alternate_workers(SCRIPT, specs, args.repeats, warmups=None if args.quick else specs,
+    results, _ = common.alternate_workers(SCRIPT, specs, args.repeats, warmups=None if args.quick or args.no_warmup else specs,
                                           env=env, log=lambda m: print(f"  {pair}: {m}", flush=True))
     row = {"pair": pair, "settings": {k: v for k, v in PAIRS[pair].items() if k != "sides"},
            "sides": list(specs), **{tool: side_figures(runs) for tool, runs in results.items()}}
@@ -369,6 +369,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n-samples", type=int, default=None, help="calibration windows (default 32, quick 4)")
     parser.add_argument("--seq-len", type=int, default=None, help="tokens per window (default 256, quick 64)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--no-warmup", action="store_true", help="no warm-up trial per side (a shorter run)")
     parser.add_argument("--ppl-docs", type=int, default=None, help="held-out summaries (default 200, quick 8)")
     parser.add_argument("--inputs", default="/tmp/polm-bench-compress", help="model, calibration set and outputs")
     parser.add_argument("--llmc-python", default="/work/peers/llmc/bin/python")
@@ -408,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
                 "calibration": {"data": CALIBRATION, "n_samples": args.n_samples, "seq_len": args.seq_len,
                                 "batch_size": args.batch_size},
                 "perplexity": {"task": "perplexity", "docs": args.ppl_docs}, "repeats": args.repeats,
-                "warmup": 0 if args.quick else 1, "pairs": PAIRS, "dtype": "float32",
+                "warmup": 0 if args.quick or args.no_warmup else 1, "pairs": PAIRS, "dtype": "float32",
                 "timed": "the compression call only (gguf: the whole export)",
                 "memory": "peak_rss_mib: whole process; call_peak_mib / call_peak_delta_mib: the call alone"}
     out = Path(args.out) if args.out else common.RESULTS_DIR / (
