@@ -2,6 +2,7 @@
 
 `extract_final_answer(text)` finds a response's final answer; `score_response(response, record)` scores
 it against a record: reasoning-gym's own verifier for its tasks, a numeric match for GSM8K-style answers.
+`normalize_text` / `token_f1` are SQuAD's short-answer matching (QA eval, RAG, knowledge probes).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import functools
 import json
 import re
+import string
+from collections import Counter
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -147,3 +150,24 @@ def task_dataset(task: str, config_json: str):
     """One generator per (task, options); cached because some load word lists or puzzles on creation."""
     reasoning_gym, _ = _reasoning_gym()
     return reasoning_gym.create_dataset(task, **json.loads(config_json))
+
+
+# --- short answers (SQuAD) --------------------------------------------------------------------------
+
+def normalize_text(text: str) -> str:
+    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """F1 over normalised tokens: 2·P·R/(P+R) with P = overlap/|pred|, R = overlap/|ref|."""
+    pred, ref = normalize_text(prediction).split(), normalize_text(reference).split()
+    overlap = sum((Counter(pred) & Counter(ref)).values())
+    if not pred or not ref:
+        return float(pred == ref)
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(pred), overlap / len(ref)
+    return 2 * precision * recall / (precision + recall)

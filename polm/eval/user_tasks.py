@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import string
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +23,7 @@ from typing import Any, Literal
 from polm.errors import PolmError
 from polm.eval.prompting import GenerationTask
 from polm.eval.task import TASKS, Task
+from polm.verify import normalize_text, token_f1
 
 
 @dataclass
@@ -83,25 +82,6 @@ def _qa_item(rec: Any, where: str, question_field: str, answer_field: str, index
     return {"id": str(rec.get("id", index)), "question": str(rec[question_field]),
             "answers": [str(a) for a in answers], "answer": str(answers[0]), "fields": rec,
             "category": rec.get("category")}
-
-
-def normalize_text(text: str) -> str:
-    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    """F1 over normalised tokens: 2·P·R/(P+R) with P = overlap/|pred|, R = overlap/|ref|."""
-    pred, ref = normalize_text(prediction).split(), normalize_text(reference).split()
-    overlap = sum((Counter(pred) & Counter(ref)).values())
-    if not pred or not ref:
-        return float(pred == ref)
-    if overlap == 0:
-        return 0.0
-    precision, recall = overlap / len(pred), overlap / len(ref)
-    return 2 * precision * recall / (precision + recall)
 
 
 def short_answer(response: str) -> str:

@@ -11,7 +11,7 @@ import random
 from typing import Any
 
 from polm.errors import PolmError
-from polm.eval.user_tasks import normalize_text
+from polm.verify import normalize_text
 
 TYPES = ("year", "number", "entity")
 SPLITS = ("train", "dev", "test", "probe")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from polm.eval.user_tasks import normalize_text, token_f1
+from polm.verify import normalize_text, token_f1
 
 # Function words that carry no claim; faithfulness counts only the other answer tokens.
 STOPWORDS = frozenset(

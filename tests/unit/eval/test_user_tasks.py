@@ -8,7 +8,8 @@ import pytest
 
 from polm.errors import PolmError
 from polm.eval.registry import get_task
-from polm.eval.user_tasks import normalize_text, short_answer, token_f1
+from polm.eval.user_tasks import short_answer
+from polm.verify import normalize_text, token_f1
 
 
 def test_qa_metrics_by_hand():
