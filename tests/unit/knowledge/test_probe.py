@@ -29,7 +29,7 @@ SMALL = ProbeConfig(n_prompts=3, k_shot=2, n_samples=4, max_new_tokens=4, cache_
 
 
 def test_shared_prefix_samples_equal_the_unshared_path(spread_llama, tiny_tokenizer):
-    """n samples of one prefilled prompt (KV cache expanded n times) draw the same tokens, with the same
+    """n samples of one prefilled prompt (KV cache expanded n times) draw the same tokens, with the same (to 1e-5)
     logprobs, as the prompt repeated n times with one sample each, under the same seed."""
     gen = build_generator("hf", spread_llama, tiny_tokenizer, prompts_per_batch=64)
     prompts = [tiny_tokenizer(f"Q: When was item {i} made?\nA: 19{i}0\n\nQ: What is {i}?\nA:")["input_ids"]
@@ -38,7 +38,10 @@ def test_shared_prefix_samples_equal_the_unshared_path(spread_llama, tiny_tokeni
     unshared = gen.generate([p for p in prompts for _ in range(16)],
                             SamplingConfig(n=1, temperature=0.5, top_k=40, max_new_tokens=6, stop=["\n"]), 3)
     assert [c.token_ids for c in shared] == [c.token_ids for c in unshared]
-    assert [c.logprobs for c in shared] == [c.logprobs for c in unshared]
+    # The prompt's prefill runs at batch 3 on one path and 48 on the other: float sums may differ in the
+    # last bits (seen: 2e-6), so logprobs agree to a tolerance; the sampled tokens must be identical.
+    for a, b in zip(shared, unshared):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
     assert len({tuple(c.token_ids) for c in shared}) > 3   # real sampling, not one repeated answer
 
 
