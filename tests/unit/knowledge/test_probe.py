@@ -29,8 +29,8 @@ SMALL = ProbeConfig(n_prompts=3, k_shot=2, n_samples=4, max_new_tokens=4, cache_
 
 
 def test_shared_prefix_samples_equal_the_unshared_path(spread_llama, tiny_tokenizer):
-    """n samples of one prefilled prompt (KV cache expanded n times) draw the same tokens, with the same (to 1e-5)
-    logprobs, as the prompt repeated n times with one sample each, under the same seed."""
+    """n samples of one prefilled prompt (KV cache expanded n times) draw the same tokens, with the same
+    logprobs (to 1e-5), as the prompt repeated n times with one sample each, under the same seed."""
     gen = build_generator("hf", spread_llama, tiny_tokenizer, prompts_per_batch=64)
     prompts = [tiny_tokenizer(f"Q: When was item {i} made?\nA: 19{i}0\n\nQ: What is {i}?\nA:")["input_ids"]
                for i in range(3)]
