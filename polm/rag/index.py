@@ -165,14 +165,15 @@ class RagIndex:
             self._bm25_ids = sorted(self.chunks)
             self._bm25 = bm25s.BM25()
             self._bm25.index(_tokens(bm25s, [self.chunks[i].text for i in self._bm25_ids]), show_progress=False)
-        out = []
-        for tokens in _tokens(bm25s, queries):
-            if not tokens:
-                out.append([])
-                continue
-            docs, scores = self._bm25.retrieve([tokens], k=min(k, len(self._bm25_ids)), show_progress=False)
-            out.append([Hit(self.chunks[self._bm25_ids[int(d)]], float(s), r + 1)
-                        for r, (d, s) in enumerate(zip(docs[0], scores[0])) if s > 0])
+        tokens = _tokens(bm25s, queries)
+        out: list[list[Hit]] = [[] for _ in queries]
+        asked = [i for i, t in enumerate(tokens) if t]      # a query of stop words only matches nothing
+        if asked:                                           # one batched call: bm25s scores all queries at once
+            docs, scores = self._bm25.retrieve([tokens[i] for i in asked], k=min(k, len(self._bm25_ids)),
+                                               show_progress=False)
+            for i, drow, srow in zip(asked, docs, scores):
+                out[i] = [Hit(self.chunks[self._bm25_ids[int(d)]], float(s), r + 1)
+                          for r, (d, s) in enumerate(zip(drow, srow)) if s > 0]
         return out
 
     # --- disk -------------------------------------------------------------------------------------

@@ -102,3 +102,14 @@ def test_a_failed_save_leaves_the_old_index(tmp_path, monkeypatch):
     assert (tmp_path / "ix" / "index.json").read_text() == before
     assert json.loads(before)["documents"] == len(DOCS)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ix"]
+
+
+def test_batched_bm25_equals_one_query_at_a_time():
+    """bm25_search scores all queries in one bm25s call; a stop-words-only query still gets no hits."""
+    idx = make(mode="tokens")
+    queries = [*QUERIES, "the of and", "Seine Paris"]
+    batched = idx.bm25_search(queries, 3)
+    single = [idx.bm25_search([q], 3)[0] for q in queries]
+    as_ids = lambda rows: [[(h.chunk.id, round(h.score, 6), h.rank) for h in row] for row in rows]  # noqa: E731
+    assert as_ids(batched) == as_ids(single)
+    assert batched[len(QUERIES)] == [] and batched[-1][0].chunk.doc_id in ("d2", "d7")
