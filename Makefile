@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[assets,dev,bench,compress,rag]"
+	$(BIN)/python -m pip install -q -e ".[assets,dev,bench,compress,rag,vlm]"
 	$(BIN)/python -m pip install -q --no-deps $(NODEPS_ASSETS)
 	touch $@
 
