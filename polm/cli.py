@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("polm.merge.cli", "merge fine-tunes of one base model (linear, task arithmetic, TIES, DARE, SLERP)"),
     "rag": ("polm.rag.cli", "retrieval-augmented generation: index, ask with citations, eval, RAFT data"),
     "knowledge": ("polm.knowledge.cli", "SliCK knowledge probes, their transitions, and the two-stage curriculum"),
+    "vlm": ("polm.recipes.vlm", "vision-language models: compose a tower, projector and LM; align and instruction-tune"),
     "prune": ("polm.compress.prune_cli", "prune a model: magnitude, Wanda, SparseGPT (unstructured, 2:4), depth, width"),
 }
 

