@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
 from polm.config import add_config_arguments, config_from_args
 from polm.errors import PolmError
 from polm.models import LoraConfig, ModelConfig, attach_adapter, load_model, load_tokenizer, merge_adapter
@@ -32,7 +30,8 @@ from polm.train.loop import StepOutput, seed_everything, train
 from polm.train.plots import plot_metrics
 from polm.vlm.collate import encode_image_records, vlm_collate
 from polm.vlm.data import load_image_records, record_images
-from polm.vlm.features import FeatureCache
+from polm.vlm.eval import evaluate_classification
+from polm.vlm.features import FeatureCache, image_inputs
 from polm.vlm.model import ComposedVLM, compose, load_vlm, save_vlm
 from polm.vlm.towers import set_trainable
 
@@ -87,6 +86,18 @@ class VLMData:
 
 
 @dataclass
+class VLMEval:
+    data: str | None = None                 # labelled test records (e.g. builtin:fashion-mnist?split=test&n=500)
+    exemplars: str | None = None            # the k-shot pool (default: data.train); test images are removed from it
+    shots: list[int] = field(default_factory=lambda: [0])
+    methods: list[str] = field(default_factory=lambda: ["exact_match", "loglik"])
+    labels: list[str] | None = None         # the label set (default: the test set's labels)
+    max_new_tokens: int = 16
+    batch_size: int = 8
+    seed: int = 0
+
+
+@dataclass
 class VLMConfig:
     output_dir: str = "runs/vlm"
     model: VLMModelConfig = field(default_factory=VLMModelConfig)
@@ -94,6 +105,7 @@ class VLMConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: VLMData = field(default_factory=VLMData)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: VLMEval = field(default_factory=VLMEval)
     loss_chunk_size: int = 1024
     overwrite: bool = False
 
@@ -111,10 +123,18 @@ class VLMConfig:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, "configs/vlm_stage1.yaml")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="evaluate model.init (or the composed model) on eval.data without training")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(VLMConfig, args)
+    if args.eval_only:
+        results = run_vlm_eval(cfg)
+        for name, summary in results.items():
+            print(f"{name}: {summary['value']:.1%} [{summary['ci_low']:.1%}, {summary['ci_high']:.1%}] "
+                  f"(n={summary['n']})")
+        return 0
     result = run_vlm(cfg)
     loss = result["final_loss"]
     print(f"VLM training finished: {result['steps']} steps, final loss {'n/a' if loss is None else f'{loss:.4f}'}; "
@@ -154,13 +174,6 @@ def param_groups(vlm: ComposedVLM, cfg: VLMConfig) -> list[dict]:
     return groups
 
 
-def image_input_fn(vlm: ComposedVLM, cache: FeatureCache | None):
-    """images -> {"image_features"} from the cache (frozen tower) or {"pixel_values"} (trainable tower)."""
-    if cache is not None:
-        return lambda images: {"image_features": cache.get(images)}
-    return lambda images: {"pixel_values": torch.stack([vlm.tower.preprocess(img) for img in images])}
-
-
 def run_vlm(cfg: VLMConfig) -> dict:
     run_dir = Path(cfg.output_dir)
     check_output_dir(run_dir, resume=cfg.train.resume, overwrite=cfg.overwrite)
@@ -177,7 +190,7 @@ def run_vlm(cfg: VLMConfig) -> dict:
     if cache is not None:   # each distinct image through the frozen tower once, before training
         cache.get([img for ex in train_examples + eval_examples for img in ex["images"]])
         data_info["features_computed"] = cache.computed
-    image_input = image_input_fn(vlm, cache)
+    image_input = image_inputs(vlm.tower, cache)
 
     def collate(examples: list[dict]) -> dict:
         return vlm_collate(examples, tokenizer.pad_token_id, image_input)
@@ -203,8 +216,31 @@ def run_vlm(cfg: VLMConfig) -> dict:
         final_dir = save_vlm(vlm.eval(), tokenizer, run_dir / "final", card=model_card(cfg, run_dir),
                              lm_name=frozen_lm_name(cfg, vlm))
         plot_metrics(run_dir)
-    return {"steps": result.steps, "final_loss": result.final_loss, "final_dir": str(final_dir), "model": vlm,
+        evals = evaluate(cfg, vlm, tokenizer, cache, run_dir, pool=records) if cfg.eval.data else {}
+    return {"steps": result.steps, "eval": evals, "final_loss": result.final_loss, "final_dir": str(final_dir), "model": vlm,
             "tokenizer": tokenizer, "run_dir": str(run_dir), "data": data_info}
+
+
+def evaluate(cfg: VLMConfig, vlm: ComposedVLM, tokenizer, cache: FeatureCache | None, out_dir: Path,
+             pool: list[dict] | None = None) -> dict:
+    """Classification accuracy on eval.data for each eval.shots × eval.methods (polm.vlm.eval)."""
+    test = [with_images(r) for r in load_image_records(cfg.eval.data)]
+    source = cfg.eval.exemplars or cfg.data.train
+    if pool is None or cfg.eval.exemplars:
+        pool = [with_images(r) for r in load_image_records(source)] if any(cfg.eval.shots) else []
+    e = cfg.eval
+    return evaluate_classification(vlm, tokenizer, test, pool, image_inputs(vlm.tower, cache), out_dir,
+                                   shots=e.shots, methods=e.methods, labels=e.labels, max_length=cfg.data.max_length,
+                                   max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, seed=e.seed)
+
+
+def run_vlm_eval(cfg: VLMConfig) -> dict:
+    """`--eval-only`: the model of model.init (or composed from the model settings), evaluated into output_dir."""
+    if not cfg.eval.data:
+        raise PolmError("--eval-only needs eval.data", fix="Set eval.data=... (labelled test records).")
+    vlm, tokenizer = build_model(cfg)
+    cache = FeatureCache(vlm.tower, cfg.data.feature_cache) if not cfg.components.vision.train else None
+    return evaluate(cfg, vlm, tokenizer, cache, Path(cfg.output_dir))
 
 
 def frozen_lm_name(cfg: VLMConfig, vlm: ComposedVLM) -> str | None:

@@ -73,3 +73,11 @@ class FeatureCache:
 
     def _path(self, key: str) -> Path | None:
         return self.dir / f"{key}.safetensors" if self.dir is not None else None
+
+
+def image_inputs(tower: VisionTower, cache: FeatureCache | None):
+    """images -> the batch's image tensors: {"image_features"} from the cache (a frozen tower) or
+    {"pixel_values"} preprocessed for a tower that trains."""
+    if cache is not None:
+        return lambda images: {"image_features": cache.get(images)}
+    return lambda images: {"pixel_values": torch.stack([tower.preprocess(img) for img in images])}

@@ -142,3 +142,25 @@ def test_bad_inputs_are_one_clear_line(tiny_model_dir, image_data, tmp_path, cap
         errors = [line for line in err.splitlines() if line.startswith("polm vlm: error: ")]
         assert len(errors) == 1 and re.search(message, errors[0]) and "Traceback" not in err, (override, err)
         assert not (tmp_path / "bad").exists()
+
+
+def test_eval_after_training_and_eval_only(tiny_model_dir, image_data, tmp_path):
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps({"image": image(i % 2, 1000 + i), "prompt": "What is this?",
+                                        "completion": ["hello", "world"][i % 2]}) + "\n" for i in range(4)))
+    cfg = stage1_config(tmp_path, tiny_model_dir, image_data, **{"eval.data": str(test), "eval.shots": [0, 2],
+                                                                  "train.max_steps": 4, "data.max_length": 160})
+    assert main(["vlm", str(cfg)]) == 0
+    run = tmp_path / "stage1"
+    for name in ("exact_match_0shot", "loglik_0shot", "exact_match_2shot", "loglik_2shot"):
+        data = json.loads((run / "eval" / f"vlm_{name}.json").read_text())
+        assert data["n"] == 4 and data["classes"] == ["hello", "world"] and 0 <= data["value"] <= 1
+        assert (run / "plots" / f"confusion_{name}.png").is_file()
+    trained = json.loads((run / "eval" / "vlm_loglik_2shot.json").read_text())
+    assert all(len(item["exemplars"]) == 2 and ".jsonl:" in item["exemplars"][0] for item in trained["items"])
+
+    again = tmp_path / "eval-only"
+    assert main(["vlm", str(cfg), f"model.init={run / 'final'}", f"output_dir={again}",
+                 "eval.methods=[loglik]", "eval.shots=[2]", "--eval-only"]) == 0
+    reloaded = json.loads((again / "eval" / "vlm_loglik_2shot.json").read_text())
+    assert [i["predicted"] for i in reloaded["items"]] == [i["predicted"] for i in trained["items"]]

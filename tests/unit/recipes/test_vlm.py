@@ -22,6 +22,7 @@ def test_stage_configs_load_and_chain():
     assert two.model.init == f"{one.output_dir}/final" and two.components.llm.train == "lora"
     assert one.data.feature_cache == two.data.feature_cache
     assert "fashion-mnist" not in one.data.train and "split=train" in two.data.train
+    assert "split=test" in two.eval.data and "split=train" in two.eval.exemplars and len(two.eval.labels) == 10
 
 
 @pytest.mark.parametrize("llm", ["none", "full"])
