@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from polm.config import add_config_arguments, config_from_args
 from polm.errors import PolmError
 from polm.models import LoraConfig, ModelConfig, attach_adapter, load_model, load_tokenizer, merge_adapter
@@ -52,6 +54,7 @@ class ProjectorConfig:
 @dataclass
 class VLMModelConfig:
     init: str | None = None                 # a polm VLM directory (an earlier stage's final/) to start from
+    hf: str | None = None                   # a transformers VLM (AutoModelForImageTextToText) to train instead
     lm: ModelConfig = field(default_factory=ModelConfig)
     tower: TowerConfig = field(default_factory=TowerConfig)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
@@ -114,6 +117,12 @@ class VLMConfig:
         if not (c.vision.train or c.projector.train or c.llm.train != "none"):
             raise PolmError("every component is frozen, so nothing would train", where="components",
                             fix="Set components.projector.train=true (stage 1) and/or components.llm.train=lora.")
+        if self.model.hf and self.model.init:
+            raise PolmError("model.hf and model.init are both set", where="model",
+                            fix="model.hf trains a transformers VLM; model.init continues a composed polm VLM. Set one.")
+        if self.model.hf and self.eval.data:
+            raise PolmError("eval.data is not supported yet for a transformers VLM (model.hf)", where="eval.data",
+                            fix="Remove eval.data; the held-out loss (data.eval) works.")
         if not 0 <= self.data.eval_fraction < 1:
             raise PolmError(f"data.eval_fraction must be in [0, 1), got {self.data.eval_fraction}")
         for name, lr in (("vision", c.vision.lr), ("projector", c.projector.lr), ("llm", c.llm.lr)):
@@ -178,9 +187,11 @@ def run_vlm(cfg: VLMConfig) -> dict:
     run_dir = Path(cfg.output_dir)
     check_output_dir(run_dir, resume=cfg.train.resume, overwrite=cfg.overwrite)
     seed_everything(cfg.train.seed)
-
     # 1. data: records and their images, read and checked before any model loads
     records, eval_records = load_data(cfg)
+    if cfg.model.hf:
+        return run_transformers_vlm(cfg, run_dir, records, eval_records)
+
     # 2. model: tower + projector + LM, each component frozen or trained as configured
     vlm, tokenizer = build_model(cfg)
     # 3. tokens: ids with image placeholders + answer-only labels (a cut into image tokens stops here)
@@ -203,22 +214,95 @@ def run_vlm(cfg: VLMConfig) -> dict:
         loss_sum, n_targets = causal_lm_loss(vlm.lm, {**inputs, "labels": batch["labels"]}, chunk_size=chunk)
         return StepOutput(loss_sum=loss_sum, count=n_targets)
 
+    # 5. train on the shared loop; final/ is the VLM (the LM by reference when it stayed frozen)
+    def save(run_dir: Path) -> Path:
+        return save_vlm(vlm.eval(), tokenizer, run_dir / "final", card=model_card(cfg, run_dir),
+                        lm_name=frozen_lm_name(cfg, vlm))
+
+    def after(run_dir: Path) -> dict:
+        return evaluate(cfg, vlm, tokenizer, cache, run_dir, pool=records) if cfg.eval.data else {}
+
+    lineage = {"model": cfg.model.init or cfg.model.lm.name, "data": data_info}
+    result = train_and_save(cfg, run_dir, vlm, step, collate, (train_examples, eval_examples),
+                            param_groups(vlm, cfg), save, lineage, after)
+    return {**result, "tokenizer": tokenizer, "data": data_info}
+
+
+def train_and_save(cfg: VLMConfig, run_dir: Path, model: torch.nn.Module, step, collate, examples: tuple[list, list],
+                   groups: list[dict], save, lineage: dict, after=None) -> dict:
+    """The shared loop in a run directory, then `save(run_dir)` -> final/ and `after(run_dir)` (evaluation)."""
+    train_examples, eval_examples = examples
     batches = BatchStream(train_examples, collate, cfg.train.micro_batch_size, seed=cfg.train.seed)
-    device = next(vlm.lm.parameters()).device
+    device = next(model.parameters()).device
     eval_fn = with_perplexity(make_heldout_eval(step, eval_examples, collate, cfg.train.micro_batch_size, device)) \
         if eval_examples else None
-
-    # 5. train on the shared loop; final/ is the VLM (the LM by reference when it stayed frozen)
-    lineage = {"model": cfg.model.init or cfg.model.lm.name, "data": data_info}
     with run_directory(run_dir, cfg, recipe="vlm", overwrite=cfg.overwrite, lineage=lineage):
-        result = train(model=vlm, step_fn=step, batches=batches, cfg=cfg.train, run_dir=run_dir, eval_fn=eval_fn,
-                       params=param_groups(vlm, cfg))
-        final_dir = save_vlm(vlm.eval(), tokenizer, run_dir / "final", card=model_card(cfg, run_dir),
-                             lm_name=frozen_lm_name(cfg, vlm))
+        result = train(model=model, step_fn=step, batches=batches, cfg=cfg.train, run_dir=run_dir, eval_fn=eval_fn,
+                       params=groups)
+        final_dir = save(run_dir)
         plot_metrics(run_dir)
-        evals = evaluate(cfg, vlm, tokenizer, cache, run_dir, pool=records) if cfg.eval.data else {}
-    return {"steps": result.steps, "eval": evals, "final_loss": result.final_loss, "final_dir": str(final_dir), "model": vlm,
-            "tokenizer": tokenizer, "run_dir": str(run_dir), "data": data_info}
+        evals = after(run_dir) if after is not None else {}
+    return {"steps": result.steps, "final_loss": result.final_loss, "final_dir": str(final_dir), "model": model,
+            "run_dir": str(run_dir), "eval": evals}
+
+
+def run_transformers_vlm(cfg: VLMConfig, run_dir: Path, records: list[dict], eval_records: list[dict]) -> dict:
+    """The same recipe on a transformers VLM (model.hf): its processor encodes, its own forward splices."""
+    from polm.models.save import save_pretrained_atomic
+    from polm.vlm.hf import (
+        attach_llm_lora,
+        encode_hf_record,
+        find_components,
+        hf_collate,
+        image_token_id,
+        load_hf_vlm,
+    )
+
+    c = cfg.components
+    model, processor = load_hf_vlm(cfg.model.hf)
+    parts = find_components(model)
+    model.requires_grad_(False)
+    if c.llm.train == "lora":
+        model = attach_llm_lora(model, cfg.lora, [name for name, _ in parts["llm"]])
+    opened = {"vision": c.vision.train, "projector": c.projector.train, "llm": c.llm.train == "full"}
+    for name in (n for n, on in opened.items() if on):
+        for _, module in parts[name]:
+            module.requires_grad_(True)
+    groups = []
+    for comp, name in ((c.vision, "vision"), (c.projector, "projector"), (c.llm, "llm")):
+        params = [p for _, m in parts[name] for p in m.parameters() if p.requires_grad]
+        if params:
+            groups.append({"params": params, "lr_scale": (comp.lr or cfg.train.lr) / cfg.train.lr})
+    token = image_token_id(model, processor)
+
+    def encode(recs: list[dict]) -> list[dict]:
+        out = [encode_hf_record(r, processor, token, max_length=cfg.data.max_length) for r in recs]
+        return [ex for ex in out if ex is not None]
+
+    train_examples, eval_examples = encode(records), encode(eval_records)
+    if not train_examples:
+        raise PolmError(f"no training example is left from '{cfg.data.train}' after tokenization",
+                        fix="Raise data.max_length.")
+    pad_id = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else 0
+    chunk = cfg.loss_chunk_size or None
+
+    def step(batch: dict) -> StepOutput:
+        loss_sum, n_targets = causal_lm_loss(model, batch, chunk_size=chunk)
+        return StepOutput(loss_sum=loss_sum, count=n_targets)
+
+    final: dict[str, torch.nn.Module] = {}
+
+    def save(run_dir: Path) -> Path:
+        """final/ as one full transformers model (a LoRA adapter merged in), loadable with
+        AutoModelForImageTextToText + AutoProcessor alone."""
+        final["model"] = merge_adapter(model).eval()
+        return save_pretrained_atomic(final["model"], processor, run_dir / "final", card=model_card(cfg, run_dir),
+                                      overwrite=True)
+
+    data_info = {"train": cfg.data.train, "kept": len(train_examples), "eval_examples": len(eval_examples)}
+    result = train_and_save(cfg, run_dir, model, step, lambda ex: hf_collate(ex, pad_id),
+                            (train_examples, eval_examples), groups, save, {"model": cfg.model.hf, "data": data_info})
+    return {**result, "model": final["model"], "tokenizer": processor, "data": data_info}
 
 
 def evaluate(cfg: VLMConfig, vlm: ComposedVLM, tokenizer, cache: FeatureCache | None, out_dir: Path,
@@ -281,6 +365,11 @@ def encode_data(cfg: VLMConfig, records: list[dict], eval_records: list[dict], t
 
 def model_card(cfg: VLMConfig, run_dir: Path) -> str:
     c = cfg.components
+    if cfg.model.hf:
+        return (f"# {run_dir.name}\n\nA fine-tune of the transformers VLM `{cfg.model.hf}` written by polm "
+                f"(components: vision {c.vision.train}, projector {c.projector.train}, LM {c.llm.train}; a LoRA "
+                "adapter is merged in).\n\nLoad: `transformers.AutoModelForImageTextToText.from_pretrained(path)` "
+                "and `transformers.AutoProcessor.from_pretrained(path)`.\n")
     trained = ", ".join(f"{name} (lr {comp.lr or cfg.train.lr:g})" for name, comp, on in (
         ("vision tower", c.vision, c.vision.train), ("projector", c.projector, c.projector.train),
         (f"LM ({c.llm.train})", c.llm, c.llm.train != "none")) if on)

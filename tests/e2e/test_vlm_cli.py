@@ -164,3 +164,39 @@ def test_eval_after_training_and_eval_only(tiny_model_dir, image_data, tmp_path)
                  "eval.methods=[loglik]", "eval.shots=[2]", "--eval-only"]) == 0
     reloaded = json.loads((again / "eval" / "vlm_loglik_2shot.json").read_text())
     assert [i["predicted"] for i in reloaded["items"]] == [i["predicted"] for i in trained["items"]]
+
+
+def test_transformers_llava_trains_through_its_processor_and_reloads(image_data, tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from vlm_helpers import build_tiny_llava
+
+    from polm.config import load_config
+    from polm.recipes.vlm import VLMConfig, run_vlm
+
+    llava = build_tiny_llava(tmp_path / "llava")
+    args = [f"model.hf={llava}", f"output_dir={tmp_path / 'hf'}", f"data.train={image_data}", "data.max_length=64",
+            "components.llm.train=lora", "components.llm.lr=0.01", "components.projector.lr=0.01",
+            "lora.target_modules=[q_proj,v_proj]", "lora.r=8", "lora.alpha=16", "train.max_steps=12",
+            "train.micro_batch_size=4", "train.lr=0.01", "train.schedule=constant", "train.progress=false",
+            "train.tensorboard=false", "train.save_every=0"]
+    assert main(["vlm", *args, f"output_dir={tmp_path / 'cli'}"]) == 0
+    l_cli = losses(tmp_path / "cli")
+    assert len(l_cli) == 12 and sum(l_cli[-3:]) / 3 < l_cli[0] - 0.1, l_cli
+
+    result = run_vlm(load_config(VLMConfig, None, args))
+    processor = AutoProcessor.from_pretrained(result["final_dir"])
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
+                                                                       {"type": "text", "text": "What is this?"}]}],
+                                         add_generation_prompt=True, tokenize=False)
+    enc = processor(text=[text, text], images=[np.array(image(0, 7), np.uint8)[:, :, None].repeat(3, 2),
+                                               np.array(image(1, 8), np.uint8)[:, :, None].repeat(3, 2)],
+                    return_tensors="pt")
+    with torch.no_grad():
+        before = result["model"].generate(**enc, max_new_tokens=4, do_sample=False).tolist()
+        reloaded = AutoModelForImageTextToText.from_pretrained(result["final_dir"]).eval()
+        assert reloaded.generate(**enc, max_new_tokens=4, do_sample=False).tolist() == before
+    base = AutoModelForImageTextToText.from_pretrained(llava).eval()
+    trained_proj = reloaded.model.multi_modal_projector.linear_1.weight
+    assert not torch.equal(trained_proj, base.model.multi_modal_projector.linear_1.weight)   # the projector trained
+    assert torch.equal(reloaded.model.vision_tower.embeddings.patch_embedding.weight,
+                       base.model.vision_tower.embeddings.patch_embedding.weight)   # the tower did not
