@@ -32,7 +32,7 @@ from polm.train.loop import StepOutput, seed_everything, train
 from polm.train.plots import plot_metrics
 from polm.vlm.collate import encode_image_records, vlm_collate
 from polm.vlm.data import load_image_records, record_images
-from polm.vlm.eval import evaluate_classification
+from polm.vlm.eval import evaluate_captioning, evaluate_classification
 from polm.vlm.features import FeatureCache, image_inputs
 from polm.vlm.model import ComposedVLM, compose, load_vlm, save_vlm
 from polm.vlm.towers import set_trainable
@@ -90,6 +90,7 @@ class VLMData:
 
 @dataclass
 class VLMEval:
+    task: Literal["classification", "captioning"] = "classification"
     data: str | None = None                 # labelled test records (e.g. builtin:fashion-mnist?split=test&n=500)
     exemplars: str | None = None            # the k-shot pool (default: data.train); test images are removed from it
     shots: list[int] = field(default_factory=lambda: [0])
@@ -307,12 +308,16 @@ def run_transformers_vlm(cfg: VLMConfig, run_dir: Path, records: list[dict], eva
 
 def evaluate(cfg: VLMConfig, vlm: ComposedVLM, tokenizer, cache: FeatureCache | None, out_dir: Path,
              pool: list[dict] | None = None) -> dict:
-    """Classification accuracy on eval.data for each eval.shots × eval.methods (polm.vlm.eval)."""
+    """eval.data for each eval.shots: classification accuracy per eval.methods, or captioning CIDEr-D / BLEU."""
     test = [with_images(r) for r in load_image_records(cfg.eval.data)]
     source = cfg.eval.exemplars or cfg.data.train
     if pool is None or cfg.eval.exemplars:
         pool = [with_images(r) for r in load_image_records(source)] if any(cfg.eval.shots) else []
     e = cfg.eval
+    if e.task == "captioning":
+        return evaluate_captioning(vlm, tokenizer, test, pool, image_inputs(vlm.tower, cache), out_dir, shots=e.shots,
+                                   max_length=cfg.data.max_length, max_new_tokens=e.max_new_tokens,
+                                   batch_size=e.batch_size, seed=e.seed)
     return evaluate_classification(vlm, tokenizer, test, pool, image_inputs(vlm.tower, cache), out_dir,
                                    shots=e.shots, methods=e.methods, labels=e.labels, max_length=cfg.data.max_length,
                                    max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, seed=e.seed)

@@ -204,3 +204,42 @@ def evaluate_classification(vlm: ComposedVLM, tokenizer, test: list[dict], pool:
                               {**summary, "confusion": counts.tolist(), "items": items})
             results[f"{method}/{k}shot"] = summary
     return results
+
+
+def references_of(record: dict) -> list[str]:
+    """The reference captions of a record: its 'references' list, else its final assistant turn."""
+    refs = record.get("references")
+    if isinstance(refs, list) and refs and all(isinstance(r, str) for r in refs):
+        return refs
+    label = label_of(record)
+    if label is None:
+        raise PolmError("a captioning record needs 'references' (a list of strings) or an answer",
+                        where=record.get("where"))
+    return [label]
+
+
+def evaluate_captioning(vlm: ComposedVLM, tokenizer, test: list[dict], pool: list[dict], image_input: Callable,
+                        out_dir: Path, *, shots: list[int], max_length: int = 512, max_new_tokens: int = 32,
+                        batch_size: int = 8, seed: int = 0) -> dict[str, Any]:
+    """Greedy captions, zero- and k-shot: CIDEr-D (mean with a bootstrap CI over images) and corpus BLEU ->
+    out_dir/eval/vlm_caption_<k>shot.json. Returns {"caption/<k>shot": summary}."""
+    from polm.vlm.caption import cider_d, corpus_bleu
+
+    references = [references_of(r) for r in test]
+    kept_pool, removed = exemplar_pool(pool, test)
+    vlm.eval()
+    results = {}
+    for k in shots:
+        exemplars = pick_exemplars(kept_pool, len(test), k, seed + k)
+        queries = [few_shot_record(r, ex) for r, ex in zip(test, exemplars)]
+        captions = predict_greedy(vlm, tokenizer, queries, image_input, max_length=max_length,
+                                  max_new_tokens=max_new_tokens, batch_size=batch_size)
+        per_item = cider_d(captions, references)
+        summary = {**summarize(per_item, seed=seed), "metric": "cider_d", "bleu": corpus_bleu(captions, references),
+                   "shots": k, "pool_removed_test_images": removed}
+        items = [{"where": r.get("where"), "references": refs, "caption": c, "cider_d": s,
+                  "exemplars": [e.get("where") for e in ex]}
+                 for r, refs, c, s, ex in zip(test, references, captions, per_item, exemplars)]
+        atomic_write_json(Path(out_dir) / "eval" / f"vlm_caption_{k}shot.json", {**summary, "items": items})
+        results[f"caption/{k}shot"] = summary
+    return results

@@ -165,6 +165,11 @@ def test_eval_after_training_and_eval_only(tiny_model_dir, image_data, tmp_path)
     reloaded = json.loads((again / "eval" / "vlm_loglik_2shot.json").read_text())
     assert [i["predicted"] for i in reloaded["items"]] == [i["predicted"] for i in trained["items"]]
 
+    assert main(["vlm", str(cfg), f"model.init={run / 'final'}", f"output_dir={again}", "eval.task=captioning",
+                 "eval.shots=[0,1]", "eval.max_new_tokens=4", "--eval-only"]) == 0
+    caption = json.loads((again / "eval" / "vlm_caption_1shot.json").read_text())
+    assert caption["n"] == 4 and caption["metric"] == "cider_d" and "bleu" in caption
+
 
 def test_transformers_llava_trains_through_its_processor_and_reloads(image_data, tmp_path):
     from transformers import AutoModelForImageTextToText, AutoProcessor

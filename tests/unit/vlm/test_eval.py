@@ -102,3 +102,22 @@ def test_evaluate_writes_results_and_confusion_pngs(vlm, tiny_tokenizer, tmp_pat
     for name in results:
         method, shots = name.split("/")
         assert (tmp_path / "plots" / f"confusion_{method}_{shots}.png").stat().st_size > 1000
+
+
+def test_captioning_scores_the_greedy_captions_with_cider_and_bleu(vlm, tiny_tokenizer, tmp_path):
+    from polm.vlm.caption import cider_d, corpus_bleu
+    from polm.vlm.eval import evaluate_captioning
+
+    test = [dict(r, references=["good morning", "hello world"]) for r in records(3, seed=1)]
+    results = evaluate_captioning(vlm, tiny_tokenizer, test, records(3, seed=2) + test[:1],
+                                  image_inputs(vlm.tower, None), tmp_path, shots=[0, 1], max_length=300,
+                                  max_new_tokens=4)
+    assert set(results) == {"caption/0shot", "caption/1shot"}
+    data = json.loads((tmp_path / "eval" / "vlm_caption_1shot.json").read_text())
+    captions = [i["caption"] for i in data["items"]]
+    refs = [i["references"] for i in data["items"]]
+    assert refs == [["good morning", "hello world"]] * 3 and data["pool_removed_test_images"] == 1
+    assert [i["cider_d"] for i in data["items"]] == pytest.approx(cider_d(captions, refs))
+    assert data["value"] == pytest.approx(np.mean(cider_d(captions, refs))) and data["metric"] == "cider_d"
+    assert data["bleu"] == pytest.approx(corpus_bleu(captions, refs))
+    assert all(i["exemplars"][0].startswith("r2:") for i in data["items"])
