@@ -1,7 +1,9 @@
 """polm distillation vs TRL `GKDTrainer` (trl.experimental.gkd) on the embedded SmolLM2-135M-Instruct, LoRA student.
 
-    python bench/distill_vs_trl.py --quick          # 2 steps of 2 examples, 8 new tokens, 1 round per mode
-    python bench/distill_vs_trl.py --threads 2      # the recorded run: ~8 minutes on 2 CPU cores
+    python bench/distill_vs_trl.py --quick          # smoke run: 2 steps of 2 examples, 8 new tokens, 1 round
+                                                    # per mode, no warm-up (~1.5 minutes on 2 CPU cores)
+    python bench/distill_vs_trl.py --threads 2      # the recorded run: 4 steps of 4, 24 new tokens, 3 rounds
+                                                    # per mode (estimated 7-8 minutes on 2 CPU cores)
     python bench/distill_vs_trl.py --device cuda
     python bench/distill_vs_trl.py --modes offpolicy
 
@@ -80,7 +82,7 @@ class Settings:
     steps: int = 4
     micro_batch_size: int = 4        # examples (off-policy) or prompts (on-policy) per optimizer step
     beta: float = 0.5
-    max_new_tokens: int = 32
+    max_new_tokens: int = 24         # the data's answers are 13-25 tokens (with <|im_end|>)
     temperature: float = 1.0         # sampling temperature (the divergence is at τ = 1 on both sides)
     lr: float = 1e-4
     lora_r: int = 16
@@ -525,6 +527,12 @@ def run_benchmark(s: Settings, modes: list[str], quick: bool) -> dict:
                         "generation_seed": "torch.manual_seed(train.seed + rollout index) before each generate",
                         "first_loss": "generalized_jsd_loss wrapped (called once, unchanged): its returned value, its "
                                       "denominator (num_items_in_batch, else the mask count) and the mask count at step 1"},
+        "trl_notes": ["not settings, TRL's code: GKD's compute_loss materialises the full [B, T, V] logits of the "
+                      "student and the teacher (polm: chunks of loss_chunk_size rows of target tokens only) and calls "
+                      "empty_cache() after every loss (torch.cuda.empty_cache on CUDA, nothing on CPU)",
+                      "on-policy, the loss TRL returns divides by num_items_in_batch, counted on the dataset labels "
+                      "before generation replaced them: trl_returned x trl_denominator / trl_count is its per-token "
+                      "mean"],
         "passes_per_step": "both: (on-policy: one sampled generation with a KV cache,) one student forward + "
                            "backward and one teacher forward of the step's sequences, one AdamW step",
         "results": results, "ok": ok}
