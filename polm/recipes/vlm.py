@@ -110,6 +110,9 @@ class VLMConfig:
     data: VLMData = field(default_factory=VLMData)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: VLMEval = field(default_factory=VLMEval)
+    # loss weights (polm.losses.vlm): itg alone is token-normalised; with itc / itm the mixture is
+    # normalised per example
+    objectives: dict[str, float] = field(default_factory=lambda: {"itg": 1.0})
     loss_chunk_size: int = 1024
     overwrite: bool = False
 
@@ -121,6 +124,16 @@ class VLMConfig:
         if self.model.hf and self.model.init:
             raise PolmError("model.hf and model.init are both set", where="model",
                             fix="model.hf trains a transformers VLM; model.init continues a composed polm VLM. Set one.")
+        from polm.losses.vlm import VLM_LOSSES
+
+        for name, weight in self.objectives.items():
+            if name not in VLM_LOSSES or not isinstance(weight, (int, float)) or weight < 0:
+                raise PolmError(f"objectives.{name}={weight!r} is not a weight >= 0 of a known loss",
+                                where=f"objectives.{name}", fix=f"Losses: {', '.join(VLM_LOSSES.names())}.")
+        if not any(self.objectives.values()):
+            raise PolmError("every objective weight is 0", where="objectives", fix="Set e.g. objectives.itg=1.")
+        if self.model.hf and set(k for k, w in self.objectives.items() if w) != {"itg"}:
+            raise PolmError("a transformers VLM (model.hf) trains the ITG objective only", where="objectives")
         if self.model.hf and self.eval.data:
             raise PolmError("eval.data is not supported yet for a transformers VLM (model.hf)", where="eval.data",
                             fix="Remove eval.data; the held-out loss (data.eval) works.")
@@ -207,13 +220,20 @@ def run_vlm(cfg: VLMConfig) -> dict:
     def collate(examples: list[dict]) -> dict:
         return vlm_collate(examples, tokenizer.pad_token_id, image_input)
 
-    # 4. the loss: summed answer-token CE of the LM on the spliced embeddings (chunked over the vocabulary)
+    # 4. the loss: summed answer-token CE of the LM on the spliced embeddings (chunked over the vocabulary),
+    #    or the weighted ITG / ITC / ITM mixture per example
     chunk = cfg.loss_chunk_size or None
+    groups = param_groups(vlm, cfg)
 
     def step(batch: dict) -> StepOutput:
         inputs = vlm.lm_inputs(batch)
         loss_sum, n_targets = causal_lm_loss(vlm.lm, {**inputs, "labels": batch["labels"]}, chunk_size=chunk)
         return StepOutput(loss_sum=loss_sum, count=n_targets)
+
+    if any(w for k, w in cfg.objectives.items() if k != "itg"):
+        step, heads = pretraining_step(cfg, vlm, tokenizer.pad_token_id)
+        projector_lr = cfg.components.projector.lr or cfg.train.lr   # the heads learn at the projector's rate
+        groups.append({"params": list(heads.parameters()), "lr_scale": projector_lr / cfg.train.lr})
 
     # 5. train on the shared loop; final/ is the VLM (the LM by reference when it stayed frozen)
     def save(run_dir: Path) -> Path:
@@ -224,9 +244,25 @@ def run_vlm(cfg: VLMConfig) -> dict:
         return evaluate(cfg, vlm, tokenizer, cache, run_dir, pool=records) if cfg.eval.data else {}
 
     lineage = {"model": cfg.model.init or cfg.model.lm.name, "data": data_info}
-    result = train_and_save(cfg, run_dir, vlm, step, collate, (train_examples, eval_examples),
-                            param_groups(vlm, cfg), save, lineage, after)
+    result = train_and_save(cfg, run_dir, vlm, step, collate, (train_examples, eval_examples), groups, save,
+                            lineage, after)
     return {**result, "tokenizer": tokenizer, "data": data_info}
+
+
+def pretraining_step(cfg: VLMConfig, vlm: ComposedVLM, pad_id: int):
+    """(step over the objectives' weighted mixture, normalised per example; the ITC/ITM heads it trains).
+    ITM's negatives are sampled from torch's global generator, which checkpoints restore."""
+    from polm.vlm.model import lm_width
+    from polm.vlm.objectives import PretrainHeads, pretraining_losses
+
+    heads = PretrainHeads(lm_width(vlm.lm)).to(next(vlm.lm.parameters()).device)
+
+    def step(batch: dict) -> StepOutput:
+        total, parts = pretraining_losses(vlm, heads, batch, cfg.objectives, pad_id=pad_id)
+        n = batch["input_ids"].shape[0]
+        return StepOutput(loss_sum=total * n, count=n, metrics={f"loss_{k}": v for k, v in parts.items()})
+
+    return step, heads
 
 
 def train_and_save(cfg: VLMConfig, run_dir: Path, model: torch.nn.Module, step, collate, examples: tuple[list, list],

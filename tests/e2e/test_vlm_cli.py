@@ -205,3 +205,30 @@ def test_transformers_llava_trains_through_its_processor_and_reloads(image_data,
     assert not torch.equal(trained_proj, base.model.multi_modal_projector.linear_1.weight)   # the projector trained
     assert torch.equal(reloaded.model.vision_tower.embeddings.patch_embedding.weight,
                        base.model.vision_tower.embeddings.patch_embedding.weight)   # the tower did not
+
+
+def test_itc_itm_itg_mixture_trains_logs_each_term_and_resumes_exactly(tiny_model_dir, image_data, tmp_path):
+    mix = ["objectives={itg: 1.0, itc: 0.5, itm: 0.5}", "train.max_steps=6", "train.save_every=3"]
+    cfg = stage1_config(tmp_path, tiny_model_dir, image_data)
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main(["vlm", str(cfg), f"output_dir={full}", *mix]) == 0
+    rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r and "event" not in r]
+    assert len(steps) == 6 and all({"loss_itg", "loss_itc", "loss_itm"} <= set(r) for r in steps)
+    first = steps[0]
+    assert first["loss"] == pytest.approx(first["loss_itg"] + 0.5 * first["loss_itc"] + 0.5 * first["loss_itm"],
+                                          rel=1e-4)
+    assert main(["vlm", str(cfg), f"output_dir={part}", *mix, "train.max_steps=3"]) == 0
+    (part / "run.json").write_text(json.dumps({"status": "running"}))
+    (part / "final").rename(tmp_path / "old-final")
+    assert main(["vlm", str(cfg), f"output_dir={part}", *mix]) == 0
+    assert losses(part) == pytest.approx(losses(full), abs=1e-6)
+
+
+def test_bad_objectives_are_one_clear_line(tiny_model_dir, image_data, tmp_path, capsys):
+    cfg = stage1_config(tmp_path, tiny_model_dir, image_data)
+    for override, message in {"objectives={itcc: 1.0}": "objectives.itcc=1.0 is not a weight >= 0 of a known loss",
+                              "objectives={itg: 0.0}": "every objective weight is 0"}.items():
+        assert main(["vlm", str(cfg), f"output_dir={tmp_path / 'bad'}", override]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
