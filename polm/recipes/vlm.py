@@ -22,7 +22,7 @@ import torch
 
 from polm.config import add_config_arguments, config_from_args
 from polm.errors import PolmError
-from polm.models import LoraConfig, ModelConfig, attach_adapter, load_model, load_tokenizer, merge_adapter
+from polm.models import LoraConfig, merge_adapter
 from polm.ops.logprobs import causal_lm_loss
 from polm.rundir import check_output_dir, run_directory
 from polm.train.batches import BatchStream
@@ -30,53 +30,19 @@ from polm.train.config import TrainConfig
 from polm.train.heldout import make_heldout_eval, with_perplexity
 from polm.train.loop import StepOutput, seed_everything, train
 from polm.train.plots import plot_metrics
+from polm.vlm.build import (
+    Components,
+    VLMModelConfig,
+    build_vlm,
+    check_components,
+    component_groups,
+    frozen_lm_name,
+)
 from polm.vlm.collate import encode_image_records, vlm_collate
 from polm.vlm.data import load_image_records, record_images
 from polm.vlm.eval import evaluate_captioning, evaluate_classification
 from polm.vlm.features import FeatureCache, image_inputs
-from polm.vlm.model import ComposedVLM, compose, load_vlm, save_vlm
-from polm.vlm.towers import set_trainable
-
-
-@dataclass
-class TowerConfig:
-    name: str = "efficientnet-lite0"        # a registered tower (polm.vlm.towers.TOWERS)
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class ProjectorConfig:
-    name: str = "mlp2x_gelu"                # mlp2x_gelu | pixel_shuffle | resampler
-    options: dict[str, Any] = field(default_factory=dict)
-    out_dim: int | None = None              # None: the LM's width (anything else must equal it)
-
-
-@dataclass
-class VLMModelConfig:
-    init: str | None = None                 # a polm VLM directory (an earlier stage's final/) to start from
-    hf: str | None = None                   # a transformers VLM (AutoModelForImageTextToText) to train instead
-    lm: ModelConfig = field(default_factory=ModelConfig)
-    tower: TowerConfig = field(default_factory=TowerConfig)
-    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
-
-
-@dataclass
-class Component:
-    train: bool = False
-    lr: float | None = None                 # None: train.lr
-
-
-@dataclass
-class LLMComponent:
-    train: Literal["none", "full", "lora"] = "none"
-    lr: float | None = None
-
-
-@dataclass
-class Components:
-    vision: Component = field(default_factory=Component)
-    projector: Component = field(default_factory=lambda: Component(train=True))
-    llm: LLMComponent = field(default_factory=LLMComponent)
+from polm.vlm.model import ComposedVLM, save_vlm
 
 
 @dataclass
@@ -118,9 +84,6 @@ class VLMConfig:
 
     def validate(self) -> None:
         c = self.components
-        if not (c.vision.train or c.projector.train or c.llm.train != "none"):
-            raise PolmError("every component is frozen, so nothing would train", where="components",
-                            fix="Set components.projector.train=true (stage 1) and/or components.llm.train=lora.")
         if self.model.hf and self.model.init:
             raise PolmError("model.hf and model.init are both set", where="model",
                             fix="model.hf trains a transformers VLM; model.init continues a composed polm VLM. Set one.")
@@ -139,9 +102,7 @@ class VLMConfig:
                             fix="Remove eval.data; the held-out loss (data.eval) works.")
         if not 0 <= self.data.eval_fraction < 1:
             raise PolmError(f"data.eval_fraction must be in [0, 1), got {self.data.eval_fraction}")
-        for name, lr in (("vision", c.vision.lr), ("projector", c.projector.lr), ("llm", c.llm.lr)):
-            if lr is not None and lr <= 0:
-                raise PolmError(f"components.{name}.lr must be positive, got {lr}")
+        check_components(c)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -166,35 +127,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_model(cfg: VLMConfig) -> tuple[ComposedVLM, Any]:
-    """(VLM, tokenizer): from model.init, or composed from the LM, tower and projector settings; then each
-    component frozen or opened per `components` (the LM fully, or through a fresh LoRA adapter)."""
-    m, c = cfg.model, cfg.components
-    if m.init:
-        vlm, tokenizer = load_vlm(m.init, lm_config=m.lm)
-        if c.llm.train != "none":
-            vlm.lm = merge_adapter(vlm.lm)    # an earlier stage's adapter becomes part of the base
-    else:
-        tokenizer = load_tokenizer(m.lm.name, m.lm.trust_remote_code)
-        vlm = compose(load_model(m.lm), tower=m.tower.name, tower_options=m.tower.options,
-                      projector=m.projector.name, projector_options=m.projector.options,
-                      projector_out_dim=m.projector.out_dim)
-    vlm.lm.requires_grad_(c.llm.train == "full")
-    if c.llm.train == "lora":
-        vlm.lm = attach_adapter(vlm.lm, cfg.lora, gradient_checkpointing=m.lm.gradient_checkpointing)
-    set_trainable(vlm.tower, c.vision.train)
-    vlm.projector.requires_grad_(c.projector.train)
-    return vlm, tokenizer
+    return build_vlm(cfg.model, cfg.components, cfg.lora)
 
 
 def param_groups(vlm: ComposedVLM, cfg: VLMConfig) -> list[dict]:
-    """One optimizer group per trained component, at components.<name>.lr (as a scale of train.lr)."""
-    c = cfg.components
-    groups = []
-    for comp, module in ((c.vision, vlm.tower), (c.projector, vlm.projector), (c.llm, vlm.lm)):
-        params = [p for p in module.parameters() if p.requires_grad]
-        if params:
-            groups.append({"params": params, "lr_scale": (comp.lr or cfg.train.lr) / cfg.train.lr})
-    return groups
+    return component_groups(vlm, cfg.components, cfg.train.lr)
 
 
 def run_vlm(cfg: VLMConfig) -> dict:
@@ -238,7 +175,7 @@ def run_vlm(cfg: VLMConfig) -> dict:
     # 5. train on the shared loop; final/ is the VLM (the LM by reference when it stayed frozen)
     def save(run_dir: Path) -> Path:
         return save_vlm(vlm.eval(), tokenizer, run_dir / "final", card=model_card(cfg, run_dir),
-                        lm_name=frozen_lm_name(cfg, vlm))
+                        lm_name=frozen_lm_name(cfg.model, cfg.components, vlm))
 
     def after(run_dir: Path) -> dict:
         return evaluate(cfg, vlm, tokenizer, cache, run_dir, pool=records) if cfg.eval.data else {}
@@ -366,13 +303,6 @@ def run_vlm_eval(cfg: VLMConfig) -> dict:
     vlm, tokenizer = build_model(cfg)
     cache = FeatureCache(vlm.tower, cfg.data.feature_cache) if not cfg.components.vision.train else None
     return evaluate(cfg, vlm, tokenizer, cache, Path(cfg.output_dir))
-
-
-def frozen_lm_name(cfg: VLMConfig, vlm: ComposedVLM) -> str | None:
-    """The LM's reference when training left it untouched (so final/ need not copy its weights)."""
-    if cfg.components.llm.train != "none":
-        return None
-    return vlm.spec.lm_name if cfg.model.init else cfg.model.lm.name
 
 
 def load_data(cfg: VLMConfig) -> tuple[list[dict], list[dict]]:
