@@ -36,3 +36,12 @@ def test_one_group_per_trained_component_at_its_rate(llm, tiny_tokenizer):
     scales = [g["lr_scale"] for g in groups]
     assert scales == pytest.approx([1.0, 0.1] + ([1.0] if llm == "full" else []))
     assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in vlm.parameters())
+
+
+def test_dpo_config_starts_from_stage_2_on_training_images():
+    from polm.recipes.vlm_dpo import VLMDPOConfig
+
+    two = load_config(VLMConfig, CONFIGS / "vlm_stage2.yaml")
+    dpo = load_config(VLMDPOConfig, CONFIGS / "vlm_dpo.yaml")
+    assert dpo.model.init == f"{two.output_dir}/final" and dpo.loss == "dpo" and dpo.components.llm.train == "lora"
+    assert "split=train" in dpo.data.train and dpo.data.feature_cache == two.data.feature_cache
