@@ -43,6 +43,7 @@ from polm.vlm.data import load_image_records, record_images
 from polm.vlm.eval import evaluate_captioning, evaluate_classification
 from polm.vlm.features import FeatureCache, image_inputs
 from polm.vlm.model import ComposedVLM, save_vlm
+from polm.vlm.runners import ComposedRunner, TransformersRunner
 
 
 @dataclass
@@ -97,9 +98,6 @@ class VLMConfig:
             raise PolmError("every objective weight is 0", where="objectives", fix="Set e.g. objectives.itg=1.")
         if self.model.hf and set(k for k, w in self.objectives.items() if w) != {"itg"}:
             raise PolmError("a transformers VLM (model.hf) trains the ITG objective only", where="objectives")
-        if self.model.hf and self.eval.data:
-            raise PolmError("eval.data is not supported yet for a transformers VLM (model.hf)", where="eval.data",
-                            fix="Remove eval.data; the held-out loss (data.eval) works.")
         if not 0 <= self.data.eval_fraction < 1:
             raise PolmError(f"data.eval_fraction must be in [0, 1), got {self.data.eval_fraction}")
         check_components(c)
@@ -178,7 +176,8 @@ def run_vlm(cfg: VLMConfig) -> dict:
                         lm_name=frozen_lm_name(cfg.model, cfg.components, vlm))
 
     def after(run_dir: Path) -> dict:
-        return evaluate(cfg, vlm, tokenizer, cache, run_dir, pool=records) if cfg.eval.data else {}
+        runner = ComposedRunner(vlm, tokenizer, image_input)
+        return evaluate(cfg, runner, run_dir, pool=records) if cfg.eval.data else {}
 
     lineage = {"model": cfg.model.init or cfg.model.lm.name, "data": data_info}
     result = train_and_save(cfg, run_dir, vlm, step, collate, (train_examples, eval_examples), groups, save,
@@ -274,35 +273,43 @@ def run_transformers_vlm(cfg: VLMConfig, run_dir: Path, records: list[dict], eva
                                       overwrite=True)
 
     data_info = {"train": cfg.data.train, "kept": len(train_examples), "eval_examples": len(eval_examples)}
+    def after(run_dir: Path) -> dict:
+        return evaluate(cfg, TransformersRunner(final["model"], processor), run_dir, pool=records) \
+            if cfg.eval.data else {}
+
     result = train_and_save(cfg, run_dir, model, step, lambda ex: hf_collate(ex, pad_id),
-                            (train_examples, eval_examples), groups, save, {"model": cfg.model.hf, "data": data_info})
+                            (train_examples, eval_examples), groups, save, {"model": cfg.model.hf, "data": data_info},
+                            after)
     return {**result, "model": final["model"], "tokenizer": processor, "data": data_info}
 
 
-def evaluate(cfg: VLMConfig, vlm: ComposedVLM, tokenizer, cache: FeatureCache | None, out_dir: Path,
-             pool: list[dict] | None = None) -> dict:
-    """eval.data for each eval.shots: classification accuracy per eval.methods, or captioning CIDEr-D / BLEU."""
+def evaluate(cfg: VLMConfig, runner, out_dir: Path, pool: list[dict] | None = None) -> dict:
+    """eval.data for each eval.shots: classification accuracy per eval.methods, or captioning CIDEr-D / BLEU;
+    `runner` wraps either family's model (polm.vlm.runners)."""
     test = [with_images(r) for r in load_image_records(cfg.eval.data)]
     source = cfg.eval.exemplars or cfg.data.train
     if pool is None or cfg.eval.exemplars:
         pool = [with_images(r) for r in load_image_records(source)] if any(cfg.eval.shots) else []
     e = cfg.eval
     if e.task == "captioning":
-        return evaluate_captioning(vlm, tokenizer, test, pool, image_inputs(vlm.tower, cache), out_dir, shots=e.shots,
-                                   max_length=cfg.data.max_length, max_new_tokens=e.max_new_tokens,
-                                   batch_size=e.batch_size, seed=e.seed)
-    return evaluate_classification(vlm, tokenizer, test, pool, image_inputs(vlm.tower, cache), out_dir,
-                                   shots=e.shots, methods=e.methods, labels=e.labels, max_length=cfg.data.max_length,
+        return evaluate_captioning(runner, test, pool, out_dir, shots=e.shots, max_length=cfg.data.max_length,
+                                   max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, seed=e.seed)
+    return evaluate_classification(runner, test, pool, out_dir, shots=e.shots, methods=e.methods, labels=e.labels, max_length=cfg.data.max_length,
                                    max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, seed=e.seed)
 
 
 def run_vlm_eval(cfg: VLMConfig) -> dict:
-    """`--eval-only`: the model of model.init (or composed from the model settings), evaluated into output_dir."""
+    """`--eval-only`: the model of model.hf, or of model.init (or composed from the model settings), evaluated
+    into output_dir."""
     if not cfg.eval.data:
         raise PolmError("--eval-only needs eval.data", fix="Set eval.data=... (labelled test records).")
+    if cfg.model.hf:
+        from polm.vlm.hf import load_hf_vlm
+
+        return evaluate(cfg, TransformersRunner(*load_hf_vlm(cfg.model.hf)), Path(cfg.output_dir))
     vlm, tokenizer = build_model(cfg)
     cache = FeatureCache(vlm.tower, cfg.data.feature_cache) if not cfg.components.vision.train else None
-    return evaluate(cfg, vlm, tokenizer, cache, Path(cfg.output_dir))
+    return evaluate(cfg, ComposedRunner(vlm, tokenizer, image_inputs(vlm.tower, cache)), Path(cfg.output_dir))
 
 
 def load_data(cfg: VLMConfig) -> tuple[list[dict], list[dict]]:

@@ -7,27 +7,24 @@
 - log-likelihood: the label whose tokens + end-of-turn token get the highest Σ log p is the prediction
   (a constrained choice over the label set, as lm-evaluation-harness's multiple choice).
 Each (method, k) gives accuracy with a bootstrap 95% CI, per-item predictions and a confusion matrix PNG.
+`runner` is either family's polm.vlm.runners wrapper.
 """
 
 from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from polm.data.templating import end_of_turn_token
 from polm.errors import PolmError
 from polm.eval.stats import summarize
 from polm.io import atomic_file, atomic_write_json
 from polm.ops.logprobs import IGNORE_INDEX, causal_targets, token_logprobs
-from polm.vlm.collate import encode_image_record, vlm_collate
 from polm.vlm.images import image_hash
-from polm.vlm.model import ComposedVLM
 
 METHODS = ("exact_match", "loglik")
 
@@ -90,44 +87,34 @@ def _batches(items: list, size: int):
 
 
 @torch.no_grad()
-def predict_greedy(vlm: ComposedVLM, tokenizer, records: list[dict], image_input: Callable, *,
-                   max_length: int, max_new_tokens: int = 16, batch_size: int = 8) -> list[str]:
-    """The greedy answer to each record's question, cut at the end-of-turn token."""
-    end = end_of_turn_token(tokenizer, chat=bool(getattr(tokenizer, "chat_template", None)))
-    end_id = tokenizer.convert_tokens_to_ids(end) if end else tokenizer.eos_token_id
-    device = next(vlm.lm.parameters()).device
+def predict_greedy(runner, records: list[dict], *, max_length: int, max_new_tokens: int = 16,
+                   batch_size: int = 8) -> list[str]:
+    """The greedy answer to each record's question, cut at the end-of-turn token (runner: polm.vlm.runners)."""
     answers = []
     for chunk in _batches(records, batch_size):
-        examples = [encode_image_record(r, tokenizer, vlm.spec.tokens_per_image, max_length=max_length,
-                                        generation_prompt=True) for r in chunk]
-        batch = vlm_collate(examples, tokenizer.pad_token_id, image_input, left_pad=True)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        out = vlm.generate(batch["input_ids"], batch["attention_mask"], pixel_values=batch.get("pixel_values"),
-                           image_features=batch.get("image_features"), max_new_tokens=max_new_tokens,
-                           eos_token_id=end_id, pad_token_id=tokenizer.pad_token_id)
+        examples = [runner.encode(r, max_length=max_length, generation_prompt=True) for r in chunk]
+        out = runner.generate(runner.collate(examples, left_pad=True), max_new_tokens)
         for row in out.tolist():
-            row = row[:row.index(end_id)] if end_id in row else row
-            answers.append(tokenizer.decode(row, skip_special_tokens=True))
+            row = row[:row.index(runner.end_id)] if runner.end_id in row else row
+            answers.append(runner.tokenizer.decode(row, skip_special_tokens=True))
     return answers
 
 
 @torch.no_grad()
-def label_logliks(vlm: ComposedVLM, tokenizer, records: list[dict], labels: list[str], image_input: Callable, *,
-                  max_length: int, batch_size: int = 8) -> torch.Tensor:
+def label_logliks(runner, records: list[dict], labels: list[str], *, max_length: int,
+                  batch_size: int = 8) -> torch.Tensor:
     """[n_records, n_labels]: Σ log p(label tokens + end-of-turn | the record's question, images)."""
-    device = next(vlm.lm.parameters()).device
-    pairs = [encode_image_record({**r, "messages": [*query_turns(r)[0], {"role": "assistant", "content": lab}],
-                                  "images": r["images"]}, tokenizer, vlm.spec.tokens_per_image, max_length=max_length)
+    pairs = [runner.encode({**r, "messages": [*query_turns(r)[0], {"role": "assistant", "content": lab}],
+                            "images": r["images"]}, max_length=max_length)
              for r in records for lab in labels]
     if any(p is None for p in pairs):
         raise PolmError("a label has no token left after truncation", fix="Raise data.max_length.")
     scores = []
     for chunk in _batches(pairs, batch_size):
-        batch = {k: v.to(device) for k, v in vlm_collate(chunk, tokenizer.pad_token_id, image_input).items()}
-        logits = vlm(batch["input_ids"], pixel_values=batch.get("pixel_values"),
-                     image_features=batch.get("image_features"), attention_mask=batch["attention_mask"]).logits
+        batch = runner.collate(chunk)
         targets = causal_targets(batch["labels"])
-        scores.append(token_logprobs(logits, targets).masked_fill(targets == IGNORE_INDEX, 0.0).sum(-1).cpu())
+        per_token = token_logprobs(runner.logits(batch), targets)
+        scores.append(per_token.masked_fill(targets == IGNORE_INDEX, 0.0).sum(-1).cpu())
     return torch.cat(scores).view(len(records), len(labels))
 
 
@@ -161,8 +148,7 @@ def plot_confusion(counts: np.ndarray, classes: list[str], title: str, path: Pat
     return path
 
 
-def evaluate_classification(vlm: ComposedVLM, tokenizer, test: list[dict], pool: list[dict], image_input: Callable,
-                            out_dir: Path, *, shots: list[int], methods: list[str], labels: list[str] | None = None,
+def evaluate_classification(runner, test: list[dict], pool: list[dict], out_dir: Path, *, shots: list[int], methods: list[str], labels: list[str] | None = None,
                             max_length: int = 512, max_new_tokens: int = 16, batch_size: int = 8,
                             seed: int = 0) -> dict[str, Any]:
     """Every (method, k): accuracy with CI -> out_dir/eval/vlm_<method>_<k>shot.json and
@@ -175,20 +161,19 @@ def evaluate_classification(vlm: ComposedVLM, tokenizer, test: list[dict], pool:
         raise PolmError("every evaluation record needs a 'label' or an answer (its class name)", where="eval.data")
     classes = labels or sorted({r["label"] for r in test})
     kept_pool, removed = exemplar_pool(pool, test)
-    vlm.eval()
+    runner.eval()
     results = {}
     for k in shots:
         exemplars = pick_exemplars(kept_pool, len(test), k, seed + k)
         queries = [few_shot_record(r, ex) for r, ex in zip(test, exemplars)]
         for method in methods:
             if method == "exact_match":
-                answers = predict_greedy(vlm, tokenizer, queries, image_input, max_length=max_length,
-                                         max_new_tokens=max_new_tokens, batch_size=batch_size)
+                answers = predict_greedy(runner, queries, max_length=max_length, max_new_tokens=max_new_tokens,
+                                         batch_size=batch_size)
                 by_norm = {normalize_answer(c): c for c in classes}
                 predicted = [by_norm.get(normalize_answer(a)) for a in answers]
             else:
-                scores = label_logliks(vlm, tokenizer, queries, classes, image_input, max_length=max_length,
-                                       batch_size=batch_size)
+                scores = label_logliks(runner, queries, classes, max_length=max_length, batch_size=batch_size)
                 answers = predicted = [classes[i] for i in scores.argmax(dim=1).tolist()]
             correct = [float(p == r["label"]) for p, r in zip(predicted, test)]
             summary = {**summarize(correct, seed=seed), "method": method, "shots": k, "classes": classes,
@@ -218,8 +203,7 @@ def references_of(record: dict) -> list[str]:
     return [label]
 
 
-def evaluate_captioning(vlm: ComposedVLM, tokenizer, test: list[dict], pool: list[dict], image_input: Callable,
-                        out_dir: Path, *, shots: list[int], max_length: int = 512, max_new_tokens: int = 32,
+def evaluate_captioning(runner, test: list[dict], pool: list[dict], out_dir: Path, *, shots: list[int], max_length: int = 512, max_new_tokens: int = 32,
                         batch_size: int = 8, seed: int = 0) -> dict[str, Any]:
     """Greedy captions, zero- and k-shot: CIDEr-D (mean with a bootstrap CI over images) and corpus BLEU ->
     out_dir/eval/vlm_caption_<k>shot.json. Returns {"caption/<k>shot": summary}."""
@@ -227,13 +211,13 @@ def evaluate_captioning(vlm: ComposedVLM, tokenizer, test: list[dict], pool: lis
 
     references = [references_of(r) for r in test]
     kept_pool, removed = exemplar_pool(pool, test)
-    vlm.eval()
+    runner.eval()
     results = {}
     for k in shots:
         exemplars = pick_exemplars(kept_pool, len(test), k, seed + k)
         queries = [few_shot_record(r, ex) for r, ex in zip(test, exemplars)]
-        captions = predict_greedy(vlm, tokenizer, queries, image_input, max_length=max_length,
-                                  max_new_tokens=max_new_tokens, batch_size=batch_size)
+        captions = predict_greedy(runner, queries, max_length=max_length, max_new_tokens=max_new_tokens,
+                                  batch_size=batch_size)
         per_item = cider_d(captions, references)
         summary = {**summarize(per_item, seed=seed), "metric": "cider_d", "bleu": corpus_bleu(captions, references),
                    "shots": k, "pool_removed_test_images": removed}

@@ -232,3 +232,28 @@ def test_bad_objectives_are_one_clear_line(tiny_model_dir, image_data, tmp_path,
         assert main(["vlm", str(cfg), f"output_dir={tmp_path / 'bad'}", override]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_transformers_llava_eval_after_training_and_eval_only(image_data, tmp_path):
+    from vlm_helpers import build_tiny_llava
+
+    llava = build_tiny_llava(tmp_path / "llava")
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps({"image": image(i % 2, 1000 + i), "prompt": "What is this?",
+                                        "completion": ["hello", "world"][i % 2]}) + "\n" for i in range(4)))
+    run = tmp_path / "hf"
+    common = [f"data.train={image_data}", "data.max_length=96", f"eval.data={test}", "eval.shots=[0,1]",
+              "eval.max_new_tokens=4", "train.progress=false", "train.tensorboard=false", "train.save_every=0"]
+    assert main(["vlm", f"model.hf={llava}", f"output_dir={run}", "components.llm.train=lora",
+                 "lora.target_modules=[q_proj,v_proj]", "train.max_steps=4", "train.micro_batch_size=4", *common]) == 0
+    for name in ("exact_match_0shot", "loglik_0shot", "exact_match_1shot", "loglik_1shot"):
+        data = json.loads((run / "eval" / f"vlm_{name}.json").read_text())
+        assert data["n"] == 4 and data["classes"] == ["hello", "world"]
+        assert (run / "plots" / f"confusion_{name}.png").is_file()
+    again = tmp_path / "again"
+    assert main(["vlm", f"model.hf={run / 'final'}", f"output_dir={again}", "eval.methods=[loglik]", *common,
+                 "--eval-only"]) == 0
+    for k in (0, 1):
+        after = json.loads((run / "eval" / f"vlm_loglik_{k}shot.json").read_text())
+        reloaded = json.loads((again / "eval" / f"vlm_loglik_{k}shot.json").read_text())
+        assert [i["predicted"] for i in reloaded["items"]] == [i["predicted"] for i in after["items"]]

@@ -25,6 +25,7 @@ from polm.vlm.eval import (
 )
 from polm.vlm.features import image_inputs
 from polm.vlm.model import IMAGE_TOKEN_ID
+from polm.vlm.runners import ComposedRunner
 
 
 def records(n, seed=0, labels=("hello", "world")):
@@ -65,7 +66,8 @@ def test_answer_normalisation():
 def test_label_loglik_is_the_sum_over_label_and_end_tokens(vlm, tiny_tokenizer):
     test = records(3)
     inputs = image_inputs(vlm.tower, None)
-    scores = label_logliks(vlm, tiny_tokenizer, test, ["hello", "world"], inputs, max_length=200, batch_size=4)
+    runner = ComposedRunner(vlm, tiny_tokenizer, inputs)
+    scores = label_logliks(runner, test, ["hello", "world"], max_length=200, batch_size=4)
     assert scores.shape == (3, 2)
     # by hand for item 1, label "world": one unpadded sequence, log-softmax of the logits at each target
     ex = encode_image_record({**test[1], "messages": [test[1]["messages"][0], {"role": "assistant",
@@ -78,7 +80,7 @@ def test_label_loglik_is_the_sum_over_label_and_end_tokens(vlm, tiny_tokenizer):
     n_targets = sum(label != IGNORE_INDEX for label in ex["labels"])
     assert n_targets == len(tiny_tokenizer("world<|im_end|>", add_special_tokens=False)["input_ids"])
     assert scores[1, 1].item() == pytest.approx(total, abs=1e-4)
-    batch_of_one = label_logliks(vlm, tiny_tokenizer, test[1:2], ["hello", "world"], inputs, max_length=200)
+    batch_of_one = label_logliks(runner, test[1:2], ["hello", "world"], max_length=200)
     torch.testing.assert_close(batch_of_one[0], scores[1], atol=1e-4, rtol=0)   # padding changes nothing
 
 
@@ -89,8 +91,8 @@ def test_confusion_matrix_counts_and_other_column():
 
 def test_evaluate_writes_results_and_confusion_pngs(vlm, tiny_tokenizer, tmp_path):
     test, pool = records(4, seed=1), records(4, seed=2)
-    results = evaluate_classification(vlm, tiny_tokenizer, test, pool + test[:1], image_inputs(vlm.tower, None),
-                                      tmp_path, shots=[0, 1], methods=["exact_match", "loglik"], max_length=300,
+    results = evaluate_classification(ComposedRunner(vlm, tiny_tokenizer, image_inputs(vlm.tower, None)), test,
+                                      pool + test[:1], tmp_path, shots=[0, 1], methods=["exact_match", "loglik"], max_length=300,
                                       max_new_tokens=4)
     assert set(results) == {"exact_match/0shot", "loglik/0shot", "exact_match/1shot", "loglik/1shot"}
     data = json.loads((tmp_path / "eval" / "vlm_loglik_1shot.json").read_text())
@@ -109,8 +111,8 @@ def test_captioning_scores_the_greedy_captions_with_cider_and_bleu(vlm, tiny_tok
     from polm.vlm.eval import evaluate_captioning
 
     test = [dict(r, references=["good morning", "hello world"]) for r in records(3, seed=1)]
-    results = evaluate_captioning(vlm, tiny_tokenizer, test, records(3, seed=2) + test[:1],
-                                  image_inputs(vlm.tower, None), tmp_path, shots=[0, 1], max_length=300,
+    results = evaluate_captioning(ComposedRunner(vlm, tiny_tokenizer, image_inputs(vlm.tower, None)), test,
+                                  records(3, seed=2) + test[:1], tmp_path, shots=[0, 1], max_length=300,
                                   max_new_tokens=4)
     assert set(results) == {"caption/0shot", "caption/1shot"}
     data = json.loads((tmp_path / "eval" / "vlm_caption_1shot.json").read_text())
