@@ -165,7 +165,8 @@ def run_vlm(cfg: VLMConfig) -> dict:
         loss_sum, n_targets = causal_lm_loss(vlm.lm, {**inputs, "labels": batch["labels"]}, chunk_size=chunk)
         return StepOutput(loss_sum=loss_sum, count=n_targets)
 
-    if any(w for k, w in cfg.objectives.items() if k != "itg"):
+    mixture = any(w for k, w in cfg.objectives.items() if k != "itg")
+    if mixture:
         step, heads = pretraining_step(cfg, vlm, tokenizer.pad_token_id)
         projector_lr = cfg.components.projector.lr or cfg.train.lr   # the heads learn at the projector's rate
         groups.append({"params": list(heads.parameters()), "lr_scale": projector_lr / cfg.train.lr})
@@ -181,7 +182,7 @@ def run_vlm(cfg: VLMConfig) -> dict:
 
     lineage = {"model": cfg.model.init or cfg.model.lm.name, "data": data_info}
     result = train_and_save(cfg, run_dir, vlm, step, collate, (train_examples, eval_examples), groups, save,
-                            lineage, after)
+                            lineage, after, token_loss=not mixture)
     return {**result, "tokenizer": tokenizer, "data": data_info}
 
 
@@ -202,13 +203,15 @@ def pretraining_step(cfg: VLMConfig, vlm: ComposedVLM, pad_id: int):
 
 
 def train_and_save(cfg: VLMConfig, run_dir: Path, model: torch.nn.Module, step, collate, examples: tuple[list, list],
-                   groups: list[dict], save, lineage: dict, after=None) -> dict:
-    """The shared loop in a run directory, then `save(run_dir)` -> final/ and `after(run_dir)` (evaluation)."""
+                   groups: list[dict], save, lineage: dict, after=None, token_loss: bool = True) -> dict:
+    """The shared loop in a run directory, then `save(run_dir)` -> final/ and `after(run_dir)` (evaluation).
+    The held-out loss gets a perplexity when it is a token cross-entropy (`token_loss`)."""
     train_examples, eval_examples = examples
     batches = BatchStream(train_examples, collate, cfg.train.micro_batch_size, seed=cfg.train.seed)
     device = next(model.parameters()).device
-    eval_fn = with_perplexity(make_heldout_eval(step, eval_examples, collate, cfg.train.micro_batch_size, device)) \
+    heldout = make_heldout_eval(step, eval_examples, collate, cfg.train.micro_batch_size, device) \
         if eval_examples else None
+    eval_fn = with_perplexity(heldout) if heldout is not None and token_loss else heldout
     with run_directory(run_dir, cfg, recipe="vlm", overwrite=cfg.overwrite, lineage=lineage):
         result = train(model=model, step_fn=step, batches=batches, cfg=cfg.train, run_dir=run_dir, eval_fn=eval_fn,
                        params=groups)

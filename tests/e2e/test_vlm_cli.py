@@ -257,3 +257,14 @@ def test_transformers_llava_eval_after_training_and_eval_only(image_data, tmp_pa
         after = json.loads((run / "eval" / f"vlm_loglik_{k}shot.json").read_text())
         reloaded = json.loads((again / "eval" / f"vlm_loglik_{k}shot.json").read_text())
         assert [i["predicted"] for i in reloaded["items"]] == [i["predicted"] for i in after["items"]]
+
+
+def test_held_out_loss_with_perplexity_only_for_the_token_loss(tiny_model_dir, image_data, tmp_path):
+    cfg = stage1_config(tmp_path, tiny_model_dir, image_data)
+    for name, extra, has_ppl in (("itg", [], True), ("mix", ["objectives={itg: 1.0, itc: 1.0}"], False)):
+        out = tmp_path / name
+        assert main(["vlm", str(cfg), f"output_dir={out}", "data.eval_fraction=0.25", "train.max_steps=2", *extra]) == 0
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        evals = [r for r in rows if "eval/loss" in r]
+        assert len(evals) == 1 and ("eval/ppl" in evals[0]) is has_ppl
+        assert json.loads((out / "lineage.json").read_text())["data"]["eval_examples"] == 3
