@@ -103,19 +103,40 @@ def predict_greedy(runner, records: list[dict], *, max_length: int, max_new_toke
 @torch.no_grad()
 def label_logliks(runner, records: list[dict], labels: list[str], *, max_length: int,
                   batch_size: int = 8) -> torch.Tensor:
-    """[n_records, n_labels]: Σ log p(label tokens + end-of-turn | the record's question, images)."""
+    """[n_records, n_labels]: Σ log p(label tokens + end-of-turn | the record's question, images). A runner
+    with `score_shared_prefix` runs each record's prompt once for all labels."""
     pairs = [runner.encode({**r, "messages": [*query_turns(r)[0], {"role": "assistant", "content": lab}],
                             "images": r["images"]}, max_length=max_length)
              for r in records for lab in labels]
     if any(p is None for p in pairs):
         raise PolmError("a label has no token left after truncation", fix="Raise data.max_length.")
+    pairs = [final_answer_only(p) for p in pairs]   # k-shot exemplars' answers are context, not the score
+    shared = getattr(runner, "score_shared_prefix", None)
+    if shared is not None:
+        n = len(labels)
+        return torch.stack([shared(pairs[i * n:(i + 1) * n]) for i in range(len(records))])
+    return full_sequence_logliks(runner, pairs, batch_size).view(len(records), len(labels))
+
+
+def final_answer_only(example: dict) -> dict:
+    """The example with labels on its last run of target tokens only (the final answer)."""
+    labels = list(example["labels"])
+    end = max(t for t, lab in enumerate(labels) if lab != IGNORE_INDEX)
+    start = end
+    while start > 0 and labels[start - 1] != IGNORE_INDEX:
+        start -= 1
+    return {**example, "labels": [lab if start <= t <= end else IGNORE_INDEX for t, lab in enumerate(labels)]}
+
+
+def full_sequence_logliks(runner, pairs: list[dict], batch_size: int) -> torch.Tensor:
+    """Σ log p over each encoded example's target tokens [n], whole sequences `batch_size` at a time."""
     scores = []
     for chunk in _batches(pairs, batch_size):
         batch = runner.collate(chunk)
         targets = causal_targets(batch["labels"])
         per_token = token_logprobs(runner.logits(batch), targets)
         scores.append(per_token.masked_fill(targets == IGNORE_INDEX, 0.0).sum(-1).cpu())
-    return torch.cat(scores).view(len(records), len(labels))
+    return torch.cat(scores)
 
 
 def confusion_matrix(truth: list[str], predicted: list[str | None], classes: list[str]) -> np.ndarray:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from polm.data.templating import end_of_turn_token
+from polm.ops.logprobs import IGNORE_INDEX, token_logprobs
 
 
 def end_token_id(tokenizer) -> int:
@@ -52,6 +53,34 @@ class ComposedRunner:
     def logits(self, batch: dict) -> torch.Tensor:
         return self.vlm(batch["input_ids"], pixel_values=batch.get("pixel_values"),
                         image_features=batch.get("image_features"), attention_mask=batch["attention_mask"]).logits
+
+    @torch.no_grad()
+    def score_shared_prefix(self, examples: list[dict]) -> torch.Tensor:
+        """Σ log p over the target tokens of each example [n], for examples (one record, one answer each)
+        that share their images and a token prefix holding every image and no target: the prefix runs
+        once, its KV cache is repeated n times, and only the n continuations run after it."""
+        ids = [ex["input_ids"] for ex in examples]
+        first_target = min(next(t for t, lab in enumerate(ex["labels"]) if lab != IGNORE_INDEX) for ex in examples)
+        p = next((t for t in range(first_target) if len({row[t] for row in ids}) > 1), first_target)
+        device = next(self.vlm.lm.parameters()).device
+        prefix = self.collate([{"input_ids": ids[0][:p], "images": examples[0]["images"]}])
+        out = self.vlm.lm(inputs_embeds=self.vlm.embed(prefix["input_ids"], prefix.get("pixel_values"),
+                                                       prefix.get("image_features")), use_cache=True)
+        cache, n = out.past_key_values, len(examples)
+        cache.batch_repeat_interleave(n)
+        width = max(len(row) - p for row in ids)
+        cont = torch.full((n, width), self.pad_id, dtype=torch.long, device=device)
+        targets = torch.full((n, width), IGNORE_INDEX, dtype=torch.long, device=device)
+        mask = torch.zeros((n, p + width), dtype=torch.long, device=device)
+        for i, ex in enumerate(examples):
+            m = len(ids[i]) - p
+            cont[i, :m] = torch.tensor(ids[i][p:])
+            targets[i, :m] = torch.tensor(ex["labels"][p:])
+            mask[i, :p + m] = 1
+        logits = self.vlm.lm(input_ids=cont, attention_mask=mask, past_key_values=cache, use_cache=True).logits
+        # the prefix's last position predicts the first continuation token
+        logits = torch.cat([out.logits[:, -1:].expand(n, -1, -1), logits[:, :-1]], dim=1)
+        return token_logprobs(logits, targets).sum(-1).cpu()
 
 
 class TransformersRunner:

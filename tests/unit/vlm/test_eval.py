@@ -84,6 +84,19 @@ def test_label_loglik_is_the_sum_over_label_and_end_tokens(vlm, tiny_tokenizer):
     torch.testing.assert_close(batch_of_one[0], scores[1], atol=1e-4, rtol=0)   # padding changes nothing
 
 
+def test_a_k_shot_score_counts_the_final_answer_only(tiny_tokenizer, vlm):
+    from polm.vlm.eval import final_answer_only
+
+    runner = ComposedRunner(vlm, tiny_tokenizer, image_inputs(vlm.tower, None))
+    rec = few_shot_record(records(1, seed=5)[0], records(2, seed=6))
+    ex = runner.encode({**rec, "messages": [*rec["messages"], {"role": "assistant", "content": "thanks"}]},
+                       max_length=300)
+    assert tiny_tokenizer.decode([t for t in ex["labels"] if t != IGNORE_INDEX]) == (
+        "hello<|im_end|>world<|im_end|>thanks<|im_end|>")
+    kept = final_answer_only(ex)["labels"]
+    assert tiny_tokenizer.decode([t for t in kept if t != IGNORE_INDEX]) == "thanks<|im_end|>"
+
+
 def test_confusion_matrix_counts_and_other_column():
     counts = confusion_matrix(["a", "a", "b", "b"], ["a", "b", "b", None], ["a", "b"])
     assert counts.tolist() == [[1, 1, 0], [0, 1, 1]]
@@ -123,3 +136,16 @@ def test_captioning_scores_the_greedy_captions_with_cider_and_bleu(vlm, tiny_tok
     assert data["value"] == pytest.approx(np.mean(cider_d(captions, refs))) and data["metric"] == "cider_d"
     assert data["bleu"] == pytest.approx(corpus_bleu(captions, refs))
     assert all(i["exemplars"][0].startswith("r2:") for i in data["items"])
+
+
+def test_shared_prefix_scores_equal_whole_sequences(vlm, tiny_tokenizer):
+    from polm.vlm.eval import final_answer_only, full_sequence_logliks, query_turns
+
+    runner = ComposedRunner(vlm, tiny_tokenizer, image_inputs(vlm.tower, None))
+    labels = ["hello", "good morning", "world", "thanks"]
+    for rec in (records(1)[0], few_shot_record(records(1, seed=5)[0], records(2, seed=6))):
+        pairs = [final_answer_only(runner.encode({**rec, "messages": [*query_turns(rec)[0],
+                                                                      {"role": "assistant", "content": lab}]},
+                                                 max_length=300)) for lab in labels]
+        torch.testing.assert_close(runner.score_shared_prefix(pairs), full_sequence_logliks(runner, pairs, 2),
+                                   atol=1e-4, rtol=0)
