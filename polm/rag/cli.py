@@ -146,6 +146,8 @@ def evaluate_config(cfg: RagEvalConfig) -> dict[str, Any]:
     from polm.rag.evaluate import (
         answer_records,
         compare_modes,
+        compare_to_baseline,
+        load_baseline,
         load_questions,
         retrieval_rows,
         summarize_records,
@@ -155,6 +157,8 @@ def evaluate_config(cfg: RagEvalConfig) -> dict[str, Any]:
     for name in [*cfg.retrievers, cfg.retrieval.retriever]:
         RETRIEVERS.get(name)                       # an unknown name fails before anything loads
     questions = load_questions(cfg.questions)
+    if cfg.baseline:
+        load_baseline(cfg.baseline)                # a bad baseline fails before anything loads
     needs_index = bool(cfg.retrievers) or "rag" in cfg.modes
     index = open_index(cfg.index) if needs_index else None
     needs_model = cfg.generate or cfg.rerank_row or cfg.retrieval.rerank
@@ -166,6 +170,8 @@ def evaluate_config(cfg: RagEvalConfig) -> dict[str, Any]:
         by_mode = {mode: answer_records(model, index, questions, mode, cfg) for mode in cfg.modes}
         result["answers"] = {mode: summarize_records(recs, cfg.seed) for mode, recs in by_mode.items()}
         result["comparisons"] = compare_modes(by_mode, cfg.seed)
+        if cfg.baseline:
+            result["comparisons"].update(compare_to_baseline(by_mode, cfg.baseline, cfg.seed))
         atomic_write_text(out / "records.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n"
                                                          for recs in by_mode.values() for r in recs))
     atomic_write_json(out / "results.json", result)
@@ -184,7 +190,8 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"  {mode:<16} " + "  ".join(f"{m} {cell(s)}" for m, s in row.items() if s["n"]))
     for label, diff in result.get("comparisons", {}).items():
         lines.append(f"  {label:<16} " + "  ".join(
-            f"Δ{m} {d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]" for m, d in diff.items()))
+            f"Δ{m} {d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]" for m, d in diff.items()
+            if m in ("exact_match", "f1")))
     return "\n".join(lines)
 
 

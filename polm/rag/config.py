@@ -66,6 +66,7 @@ class RagEvalConfig:
     batch_size: int = 16
     chat: bool | Literal["auto"] = "auto"   # auto: the chat template when the tokenizer has one
     seed: int = 0
+    baseline: str | None = None             # an earlier eval's out dir: paired differences per shared mode
 
     def validate(self) -> None:
         bad = [k for k in self.ks if k <= 0]

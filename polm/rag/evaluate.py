@@ -141,6 +141,45 @@ def summarize_records(records: list[dict[str, Any]], seed: int = 0) -> dict[str,
             for m in names}
 
 
+def load_baseline(path: str | Path) -> tuple[str, dict[str, dict[str, dict[str, Any]]]]:
+    """(model, {mode: {question id: record}}) of an earlier `polm rag eval` output directory."""
+    folder = Path(path)
+    try:
+        model = json.loads((folder / "results.json").read_text())["config"]["model"]
+        rows = [json.loads(line) for line in (folder / "records.jsonl").read_text().splitlines() if line]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise PolmError(f"baseline '{folder}' is not a `polm rag eval` output with answers ({type(err).__name__})",
+                        fix="Point baseline= at the out directory of an earlier eval run that generated answers.") from None
+    by_mode: dict[str, dict[str, dict[str, Any]]] = {}
+    for rec in rows:
+        by_mode.setdefault(rec["mode"], {})[str(rec["id"])] = rec
+    return model, by_mode
+
+
+def compare_to_baseline(by_mode: dict[str, list[dict[str, Any]]], baseline: str | Path,
+                        seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Each mode of this run minus the same mode of `baseline` on the same questions (paired by id):
+    EM and F1 differences with CIs. Every question of this run must be in the baseline's mode."""
+    model, base = load_baseline(baseline)
+    out = {}
+    for mode, recs in by_mode.items():
+        if mode not in base:
+            continue
+        missing = [r["id"] for r in recs if str(r["id"]) not in base[mode]]
+        if missing:
+            raise PolmError(f"question '{missing[0]}' ({len(missing)} in all) is not in baseline '{baseline}' mode {mode}",
+                            fix="Evaluate both runs on the same questions (the same questions= and seed).")
+        pairs = [(base[mode][str(r["id"])]["metrics"], r["metrics"]) for r in recs]
+        out[f"{mode} - baseline {mode}"] = {
+            "baseline": str(baseline), "baseline_model": model,
+            **{m: paired_difference([a[m] for a, _ in pairs], [b[m] for _, b in pairs], seed=seed)
+               for m in ("exact_match", "f1")}}
+    if not out:
+        raise PolmError(f"baseline '{baseline}' shares no answer mode with this run ({', '.join(by_mode)})",
+                        fix="Evaluate at least one mode the baseline has.")
+    return out
+
+
 def compare_modes(by_mode: dict[str, list[dict[str, Any]]], seed: int = 0) -> dict[str, dict[str, Any]]:
     """Each mode minus closed-book on the same questions: paired EM and F1 differences with CIs."""
     if "closed_book" not in by_mode:

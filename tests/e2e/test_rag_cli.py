@@ -99,6 +99,13 @@ def test_eval_writes_retrieval_and_answer_rows_with_cis(built, tiny_model_dir, t
     assert em["ci_low"] <= em["value"] <= em["ci_high"] and em["n"] == 4
     assert result["answers"]["oracle"]["answer_in_context"]["value"] == 1.0
     assert "rag - closed_book" in result["comparisons"] and "polm rag eval: 4 questions" in proc.stdout
+    # the same model again against the first run as baseline: the same greedy answers, so Δ = 0
+    again = polm("eval", "configs/rag_eval.yaml", f"index={index}", f"questions={questions}", "retrievers=[]",
+                 f"model={tiny_model_dir}", f"out={tmp_path / 'ev2'}", "max_new_tokens=6", "chat=false",
+                 "retrieval.k=2", "modes=[rag]", f"baseline={out}")
+    assert again.returncode == 0, again.stderr
+    diff = json.loads((tmp_path / "ev2" / "results.json").read_text())["comparisons"]["rag - baseline rag"]
+    assert diff["exact_match"]["diff"] == 0.0 and diff["f1"]["diff"] == 0.0 and diff["f1"]["n"] == 4
 
 
 def test_raft_data_trains_with_polm_sft(built, tiny_model_dir, tmp_path):

@@ -9,6 +9,7 @@ import pytest
 from polm.errors import PolmError
 from polm.rag.evaluate import (
     compare_modes,
+    compare_to_baseline,
     load_questions,
     passages_for,
     retrieval_row,
@@ -71,3 +72,29 @@ def test_summaries_skip_undefined_values_and_pair_modes():
     assert summary["citation_recall"]["n"] == 1 and summary["exact_match"]["value"] == 1.0
     diff = compare_modes({"closed_book": closed, "rag": rag})["rag - closed_book"]
     assert diff["exact_match"]["diff"] == 0.5 and diff["f1"]["diff"] == 0.25
+
+
+def _write_run(folder, model, records):
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps({"config": {"model": model}}))
+    (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_a_run_is_paired_with_a_baseline_run_by_question_id(tmp_path):
+    """Baseline records in another order still pair by id: ΔEM = (1 - 0 + 1 - 1) / 2, ΔF1 = (0.5 + 0.5) / 2."""
+    _write_run(tmp_path / "base", "base-model", [
+        {"id": "q2", "mode": "rag", "metrics": {"exact_match": 1.0, "f1": 0.5}},
+        {"id": "q1", "mode": "rag", "metrics": {"exact_match": 0.0, "f1": 0.5}},
+        {"id": "q1", "mode": "closed_book", "metrics": {"exact_match": 0.0, "f1": 0.0}}])
+    rag = [{"id": "q1", "mode": "rag", "metrics": {"exact_match": 1.0, "f1": 1.0}},
+           {"id": "q2", "mode": "rag", "metrics": {"exact_match": 1.0, "f1": 1.0}}]
+    out = compare_to_baseline({"rag": rag}, tmp_path / "base")
+    diff = out["rag - baseline rag"]
+    assert diff["baseline_model"] == "base-model"
+    assert diff["exact_match"]["diff"] == 0.5 and diff["f1"]["diff"] == 0.5 and diff["f1"]["n"] == 2
+    with pytest.raises(PolmError, match="question 'q3' .* is not in baseline"):
+        compare_to_baseline({"rag": [*rag, {"id": "q3", "mode": "rag", "metrics": {}}]}, tmp_path / "base")
+    with pytest.raises(PolmError, match="shares no answer mode"):
+        compare_to_baseline({"oracle": rag}, tmp_path / "base")
+    with pytest.raises(PolmError, match="is not a `polm rag eval` output"):
+        compare_to_baseline({"rag": rag}, tmp_path / "nothing")
