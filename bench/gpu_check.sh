@@ -23,8 +23,9 @@ step() {   # step NAME SECONDS CMD...
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"
 
-step sft_vs_trl  150 $PY bench/sft_vs_trl.py  --quick --device cuda --out "$OUT/sft_vs_trl_cuda.json"
-step dpo_vs_trl  150 $PY bench/dpo_vs_trl.py  --quick --device cuda --out "$OUT/dpo_vs_trl_cuda.json"
-step grpo_vs_trl 180 $PY bench/grpo_vs_trl.py --quick --device cuda --out "$OUT/grpo_vs_trl_cuda.json"
+step sft_vs_trl  120 $PY bench/sft_vs_trl.py  --quick --device cuda --out "$OUT/sft_vs_trl_cuda.json"
+step dpo_vs_trl  120 $PY bench/dpo_vs_trl.py  --quick --device cuda --out "$OUT/dpo_vs_trl_cuda.json"
+step grpo_vs_trl 150 $PY bench/grpo_vs_trl.py --quick --device cuda --out "$OUT/grpo_vs_trl_cuda.json"
 step eval_vs_lmeval 90 $PY bench/eval_vs_lmeval.py --limit 50 --repeats 1 --device cuda
+step distill_vs_trl 90 $PY bench/distill_vs_trl.py --quick --device cuda --out "$OUT/distill_vs_trl_cuda.json"
 echo "results in $OUT"
