@@ -181,6 +181,10 @@ def evaluate_classification(runner, test: list[dict], pool: list[dict], out_dir:
     if any(r["label"] is None for r in test):
         raise PolmError("every evaluation record needs a 'label' or an answer (its class name)", where="eval.data")
     classes = labels or sorted({r["label"] for r in test})
+    outside = sorted({r["label"] for r in test} - set(classes))
+    if outside:
+        raise PolmError(f"{len(outside)} test label(s) are not in eval.labels, e.g. {outside[0]!r}", where="eval.labels",
+                        fix="List every class of eval.data in eval.labels, or set eval.labels=null to use the test set's.")
     kept_pool, removed = exemplar_pool(pool, test)
     runner.eval()
     results = {}

@@ -149,3 +149,9 @@ def test_shared_prefix_scores_equal_whole_sequences(vlm, tiny_tokenizer):
                                                  max_length=300)) for lab in labels]
         torch.testing.assert_close(runner.score_shared_prefix(pairs), full_sequence_logliks(runner, pairs, 2),
                                    atol=1e-4, rtol=0)
+
+
+def test_a_test_label_outside_the_label_set_is_a_clear_error(vlm, tiny_tokenizer, tmp_path):
+    with pytest.raises(PolmError, match="1 test label\\(s\\) are not in eval.labels, e.g. 'world'"):
+        evaluate_classification(ComposedRunner(vlm, tiny_tokenizer, image_inputs(vlm.tower, None)), records(2), [],
+                                tmp_path, shots=[0], methods=["loglik"], labels=["hello", "thanks"])
