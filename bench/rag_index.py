@@ -25,8 +25,16 @@ import sys
 import time
 from pathlib import Path
 
-from common import (PeakRss, alternate_workers, command_line, machine_description, median, package_versions,
-                    spread, write_worker_result)
+from common import (
+    PeakRss,
+    alternate_workers,
+    command_line,
+    machine_description,
+    median,
+    package_versions,
+    spread,
+    write_worker_result,
+)
 
 SIZE, OVERLAP, K = 128, 32, 10
 
