@@ -22,7 +22,7 @@ import torch
 
 from polm.config import add_config_arguments, config_from_args
 from polm.errors import PolmError
-from polm.models import LoraConfig, merge_adapter
+from polm.models import LoraConfig, merge_adapter, resolve_device
 from polm.ops.logprobs import causal_lm_loss
 from polm.rundir import check_output_dir, run_directory
 from polm.train.batches import BatchStream
@@ -235,7 +235,8 @@ def run_transformers_vlm(cfg: VLMConfig, run_dir: Path, records: list[dict], eva
     )
 
     c = cfg.components
-    model, processor = load_hf_vlm(cfg.model.hf)
+    # fp32 weights (train.precision autocasts) on model.lm.device, as the composed family's LM
+    model, processor = load_hf_vlm(cfg.model.hf, device=resolve_device(cfg.model.lm.device))
     parts = find_components(model)
     model.requires_grad_(False)
     if c.llm.train == "lora":
@@ -309,7 +310,8 @@ def run_vlm_eval(cfg: VLMConfig) -> dict:
     if cfg.model.hf:
         from polm.vlm.hf import load_hf_vlm
 
-        return evaluate(cfg, TransformersRunner(*load_hf_vlm(cfg.model.hf)), Path(cfg.output_dir))
+        runner = TransformersRunner(*load_hf_vlm(cfg.model.hf, device=resolve_device(cfg.model.lm.device)))
+        return evaluate(cfg, runner, Path(cfg.output_dir))
     vlm, tokenizer = build_model(cfg)
     cache = FeatureCache(vlm.tower, cfg.data.feature_cache) if not cfg.components.vision.train else None
     return evaluate(cfg, ComposedRunner(vlm, tokenizer, image_inputs(vlm.tower, cache)), Path(cfg.output_dir))

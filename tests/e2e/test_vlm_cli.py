@@ -268,3 +268,25 @@ def test_held_out_loss_with_perplexity_only_for_the_token_loss(tiny_model_dir, i
         evals = [r for r in rows if "eval/loss" in r]
         assert len(evals) == 1 and ("eval/ppl" in evals[0]) is has_ppl
         assert json.loads((out / "lineage.json").read_text())["data"]["eval_examples"] == 3
+
+
+def test_transformers_vlm_trains_on_the_configured_device(image_data, tmp_path):
+    """model.lm.device places a model.hf VLM as it places the composed family's LM: cuda where there is
+    one, and without one the same one-line refusal as every recipe's model.device=cuda."""
+    from vlm_helpers import build_tiny_llava
+
+    from polm.config import load_config
+    from polm.errors import PolmError
+    from polm.recipes.vlm import VLMConfig, run_vlm
+
+    llava = build_tiny_llava(tmp_path / "llava")
+    cfg = load_config(VLMConfig, None, [f"model.hf={llava}", "model.lm.device=cuda", f"output_dir={tmp_path / 'run'}",
+                                        f"data.train={image_data}", "data.max_length=64", "train.max_steps=1",
+                                        "train.micro_batch_size=2", "train.progress=false", "train.tensorboard=false",
+                                        "train.save_every=0"])
+    if torch.cuda.is_available():
+        assert next(run_vlm(cfg)["model"].parameters()).device.type == "cuda"
+    else:
+        with pytest.raises(PolmError, match="model.device is 'cuda' but no CUDA device is available"):
+            run_vlm(cfg)
+        assert not (tmp_path / "run").exists()
