@@ -1,7 +1,7 @@
 """polm's VLM recipe (`model.hf=`, the transformers family) vs TRL `SFTTrainer` on the same tiny LLaVA.
 
-    python bench/vlm_vs_trl.py --quick              # ~1-2 minutes on 2 CPU cores
-    python bench/vlm_vs_trl.py                      # the recorded run (~4-6 minutes on 2 CPU cores)
+    python bench/vlm_vs_trl.py --quick              # about 1 minute on 2 CPU cores
+    python bench/vlm_vs_trl.py                      # the recorded run (about 3 minutes on 2 CPU cores)
     python bench/vlm_vs_trl.py --threads 1          # when other processes oversubscribe the cores
     python bench/vlm_vs_trl.py --device cuda
 
@@ -423,7 +423,7 @@ def run_benchmark(args: argparse.Namespace, settings: Settings) -> dict:
     return {
         "benchmark": "vlm_vs_trl", "command": common.command_line(SCRIPT), "quick": args.quick, "device": args.device,
         "machine": machine, "settings": asdict(settings), "loss_rtol": LOSS_RTOL,
-        "trl_options": {"completion_only_loss": True, "optimizer": rounds["trl"][0]["optimizer"],
+        "trl_options": {"completion_only_loss": rounds["trl"][0]["completion_only_loss"], "optimizer": rounds["trl"][0]["optimizer"],
                         "padding_free": "not supported by TRL for vision datasets", "packing": False,
                         "gradient_checkpointing": False, "use_liger_kernel": False},
         "data": {"source": "builtin:digits (sklearn, 8x8 as RGB PNG)", "prompt": PROMPT, "answer": ANSWER,
@@ -458,7 +458,7 @@ def print_report(report: dict) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--quick", action="store_true", help="3 steps, 1 repeat (~1-2 min on 2 CPU cores)")
+    parser.add_argument("--quick", action="store_true", help="3 steps, 1 repeat (about 1 min on 2 CPU cores)")
     parser.add_argument("--steps", type=int, help="optimizer steps per trial")
     parser.add_argument("--repeats", type=int, help="measured rounds per side")
     parser.add_argument("--threads", type=int, help="torch intra-op threads per worker (default: one per core)")
