@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rag": ("polm.rag.cli", "retrieval-augmented generation: index, ask with citations, eval, RAFT data"),
     "knowledge": ("polm.knowledge.cli", "SliCK knowledge probes, their transitions, and the two-stage curriculum"),
     "vlm": ("polm.recipes.vlm", "vision-language models: compose a tower, projector and LM; align and instruction-tune"),
+    "vlm-demo": ("polm.vlm_demo", "the measured VLM demo: zero-shot, few-shot and fine-tuned on Fashion-MNIST, one results file"),
     "vlm-dpo": ("polm.recipes.vlm_dpo", "preference optimisation of a VLM on image-conditioned pairs (DPO family)"),
     "prune": ("polm.compress.prune_cli", "prune a model: magnitude, Wanda, SparseGPT (unstructured, 2:4), depth, width"),
 }
