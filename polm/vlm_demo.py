@@ -93,18 +93,17 @@ class VLMDemoConfig:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, "configs/vlm_demo.yaml")
     parser.add_argument("--smoke", action="store_true",
-                        help="every phase on a few images and 2 steps per stage; results under output_dir")
+                        help="every phase on a few images and 2 steps per stage; outputs under <output_dir>-smoke")
 
 
 def run(args: argparse.Namespace) -> int:
-    extra = []
-    if args.smoke:
+    cfg = config_from_args(VLMDemoConfig, args)
+    if args.smoke:   # small sizes and, unless given, every output under <output_dir>-smoke
         given = {item.split("=", 1)[0] for item in args.items if "=" in item}
-        out = next((item.split("=", 1)[1] for item in args.items if item.startswith("output_dir=")),
-                   "runs/vlm-demo-smoke")
+        out = cfg.output_dir if "output_dir" in given else f"{cfg.output_dir}-smoke"
         extra = [o for o in [*SMOKE, f"output_dir={out}", f"results_file={out}/vlm_fashion_mnist.json",
                              f"images_dir={out}/img"] if o.split("=", 1)[0] not in given]
-    cfg = config_from_args(VLMDemoConfig, args, extra)
+        cfg = config_from_args(VLMDemoConfig, args, extra)
     run_demo(cfg, command=["polm", "vlm-demo", *args.items, *(["--smoke"] if args.smoke else [])])
     return 0
 
