@@ -14,7 +14,7 @@ import polm
 
 ROOT = Path(polm.__file__).resolve().parent
 # Command-level orchestrators: they run recipes, and nothing in the library imports them.
-ENTRY_POINTS = {"polm.cli", "polm.demo", "polm.pipeline"}
+ENTRY_POINTS = {"polm.cli", "polm.demo", "polm.vlm_demo", "polm.pipeline"}
 
 
 def module_name(path: Path) -> str:
