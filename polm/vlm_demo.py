@@ -202,8 +202,9 @@ def write_splits(cfg: VLMDemoConfig, folder: Path) -> dict:
         for r in recs:
             img = pixels[id(r)]
             answer = r["label"] if task == "classify" else caption_of(img, r["label"], tone_cuts, size_cut)
-            out.append({"image": img.tolist(), "prompt": CLASSIFY_PROMPT if task == "classify" else CAPTION_PROMPT,
-                        "completion": answer, "label": r["label"], "source": r["where"], "task": task})
+            row = {"image": img.tolist(), "prompt": CLASSIFY_PROMPT if task == "classify" else CAPTION_PROMPT,
+                   "completion": answer, "label": r["label"], "source": r["where"], "task": task}
+            out.append(row if task == "classify" else {**row, "references": [answer]})   # CIDEr's references
         return out
 
     stage2 = rows(cls, "classify") + rows(cap, "caption")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,11 @@ def test_smoke_runs_every_phase_and_writes_one_results_file(demo_config, tmp_pat
             assert a == b or not hashes[a] & hashes[b], (a, b)
     few = json.loads((out / "eval" / "stage1" / "test" / "eval" / "vlm_loglik_1shot.json").read_text())
     assert all(len(item["exemplars"]) == 1 and "exemplars.jsonl" in item["exemplars"][0] for item in few["items"])
+
+    captions = json.loads((out / "eval" / "stage2" / "caption" / "eval" / "vlm_caption_0shot.json").read_text())
+    derived = [r["completion"] for r in rows(data / "caption_test.jsonl")]
+    assert [item["references"] for item in captions["items"]] == [[c] for c in derived]
+    assert all(re.fullmatch(r"a (small|large) (dark|grey|light) [a-z -]+", c) for c in derived), derived
 
     # each Fashion-MNIST image through the tower once: the features phase, then only cache reads
     assert result["features"]["computed"] == result["features"]["fashion_mnist_images"] == sum(map(len, hashes.values()))
