@@ -29,8 +29,8 @@ class Embedder(Protocol):
         """[N, dim] float32, each row of unit L2 norm."""
         ...
 
-    def count_tokens(self, text: str) -> int:
-        """Tokens the model would read from `text` (before truncation)."""
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens the model would read from each text (before truncation), for a batch at once."""
         ...
 
 
@@ -54,8 +54,8 @@ class HashingEmbedder:
                 out[i, int.from_bytes(digest[:4], "big") % self.dim] += 1.0 if digest[4] % 2 else -1.0
         return _normalise(out)
 
-    def count_tokens(self, text: str) -> int:
-        return len(re.findall(r"\w+", text))
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return [len(re.findall(r"\w+", text)) for text in texts]
 
 
 class SentenceTransformerEmbedder:
@@ -74,8 +74,10 @@ class SentenceTransformerEmbedder:
                                  normalize_embeddings=True, show_progress_bar=False)
         return np.asarray(rows, dtype=np.float32).reshape(len(texts), self.dim)
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.model.tokenizer(text, add_special_tokens=True)["input_ids"])
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        if not texts:
+            return []
+        return [len(ids) for ids in self.model.tokenizer(texts, add_special_tokens=True)["input_ids"]]
 
 
 @EMBEDDERS.register("hashing")

@@ -103,7 +103,7 @@ class RagIndex:
         texts = [c.text for _, c in new]
         limit = getattr(getattr(self.embedder, "model", None), "max_seq_length", None)
         if limit:
-            self.truncated += sum(self.embedder.count_tokens(t) > limit for t in texts)
+            self.truncated += sum(n > limit for n in self.embedder.count_tokens(texts))   # one batched call
         vectors = self.embedder.encode(texts)
         self.store.add_with_ids(vectors, np.array([i for i, _ in new], dtype=np.int64))
         for cid, chunk in new:

@@ -113,3 +113,15 @@ def test_batched_bm25_equals_one_query_at_a_time():
     as_ids = lambda rows: [[(h.chunk.id, round(h.score, 6), h.rank) for h in row] for row in rows]  # noqa: E731
     assert as_ids(batched) == as_ids(single)
     assert batched[len(QUERIES)] == [] and batched[-1][0].chunk.doc_id in ("d2", "d7")
+
+
+def test_chunks_longer_than_the_embedder_reads_are_counted():
+    """An embedder that reads at most 5 tokens: of the chunks 'a b c d e f' (6) and 'g h' (2), one is cut."""
+    from types import SimpleNamespace
+
+    class Short(HashingEmbedder):
+        model = SimpleNamespace(max_seq_length=5)
+
+    idx = RagIndex(Short(64), ChunkingConfig(mode="document"), DenseConfig(embedder="hashing"))
+    idx.add([("x", "", "a b c d e f"), ("y", "", "g h")])
+    assert idx.truncated == 1 and Short(64).count_tokens(["a b c", ""]) == [3, 0]
