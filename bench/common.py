@@ -1,13 +1,20 @@
 """Shared helpers for polm's side-by-side benchmarks (see BENCHMARKS.md): the machine and its load, fresh-process
-workers with their peak memory (whole process, or one block alone), the matmul peak, the alternating A/B runner.
+workers with their peak memory (whole process, or one block alone), the matmul peak, the alternating A/B runner,
+the command-line flags and result file every bench has.
 
 A bench script imports this as `common` (running `python bench/x.py` puts bench/ on sys.path) and
-re-runs itself as a worker: `python bench/x.py --worker SPEC.json --result OUT.json`.
+re-runs itself as a worker: `python bench/x.py --worker SPEC.json --result OUT.json`. Its `main` starts with
+
+    args = parse_args(argv)                       # common.add_output_args / add_worker_args add the shared flags
+    if common.serve_worker(args, worker):         # in a worker: worker(spec) -> result JSON, then exit
+        return 0
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -290,6 +297,70 @@ def write_worker_result(path: str | Path, result: dict) -> None:
     Path(path).write_text(json.dumps(result))
 
 
+# Environment a worker of the transformers/TRL benches sets where the parent did not: no hub lookups, no
+# tokenizer thread pool beside torch's.
+HF_WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+HF_WORKER_ENV_NO_TQDM = {**HF_WORKER_ENV, "TQDM_DISABLE": "1"}   # and no progress bars on its stderr
+
+
+def serve_worker(args: argparse.Namespace, work: Callable[[dict], dict],
+                 env_defaults: dict[str, str] | None = None) -> bool:
+    """In a worker process (`--worker SPEC --result OUT`, as `run_worker` starts it): set `env_defaults` where
+    unset, run `work(spec)` and write what it returns with the process's peak RSS (`write_worker_result`).
+    Returns whether this process was a worker; the parent (no --worker) gets False and goes on."""
+    if not args.worker:
+        return False
+    for key, value in (env_defaults or {}).items():
+        os.environ.setdefault(key, value)
+    write_worker_result(args.result, work(json.loads(Path(args.worker).read_text())))
+    return True
+
+
+# --- the command line and the result file ------------------------------------------------------------
+
+THREADS_HELP = "torch intra-op threads per worker (default: one per core)"
+THREADS_HELP_CONTENDED = THREADS_HELP + "; 1 avoids OpenMP stalls when other processes oversubscribe the cores"
+
+
+def add_worker_args(parser: argparse.ArgumentParser) -> None:
+    """The hidden `--worker SPEC.json --result OUT.json` a bench is re-run with by `run_worker`."""
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+
+
+def add_output_args(parser: argparse.ArgumentParser, benchmark: str, threads_help: str | None = THREADS_HELP) -> None:
+    """The flags a bench's parser ends with: `--threads` (none when `threads_help` is None), `--out` (default
+    `results_path(benchmark, quick)`) and the hidden worker flags."""
+    if threads_help is not None:
+        parser.add_argument("--threads", type=int, help=threads_help)
+    parser.add_argument("--out", type=Path, help=f"default: bench/results/{benchmark}.json (_quick.json with --quick)")
+    add_worker_args(parser)
+
+
+def results_path(benchmark: str, quick: bool, out: str | Path | None = None) -> Path:
+    """`out` if given, else bench/results/<benchmark>.json (<benchmark>_quick.json for a --quick run)."""
+    return Path(out) if out else RESULTS_DIR / (f"{benchmark}_quick.json" if quick else f"{benchmark}.json")
+
+
+def write_report(out: Path, report: dict) -> None:
+    """Write a bench's report (atomically) and say where, with its `wall_s`."""
+    from polm.io import atomic_write_json
+
+    atomic_write_json(out, report)
+    print(f"wrote {out} ({report['wall_s']:.0f} s)")
+
+
+def given(**values: Any) -> dict[str, Any]:
+    """The values given on the command line (None and 0 are not): overrides of a Settings' defaults."""
+    return {key: value for key, value in values.items() if value}
+
+
+def with_flags(settings: Any, quick: dict[str, Any] | None = None, **flags: Any) -> Any:
+    """A bench's Settings (a dataclass) with the `quick` values (a --quick run) over its own, then the flags
+    given on the command line (`given`: None and 0 are not) over both."""
+    return dataclasses.replace(settings, **{**(quick or {}), **given(**flags)})
+
+
 class StepClock:
     """Wall and CPU time (all threads of this process) at the start of every optimizer step and at the end.
 
@@ -314,6 +385,44 @@ class StepClock:
 
     def as_dict(self) -> dict:
         return {"step_wall_s": self.step_seconds(), "step_cpu_s": [b - a for a, b in zip(self.cpu, self.cpu[1:])]}
+
+
+def synchronize(device: str) -> None:
+    """Wait for the queued CUDA kernels (nothing on CPU): a clock read after it counts their time."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def trainer_step_clock(clock: StepClock, on_begin: Callable[[], Any] | None = None,
+                       on_end: Callable[[], Any] | None = None, device: str = "cpu"):
+    """A transformers `TrainerCallback` that runs `clock` over a peer's `Trainer.train()`: `mark()` when each
+    optimizer step begins, `finish()` when training ends (after `synchronize(device)`).
+
+    When training begins it records `rss_at_train_start_mib` (the process's peak RSS so far) and then calls
+    `on_begin`; `on_end` is called after the clock has finished.
+    """
+    from transformers import TrainerCallback
+
+    class StepClockCallback(TrainerCallback):
+        rss_at_train_start_mib = 0.0
+
+        def on_train_begin(self, *args, **kwargs):
+            self.rss_at_train_start_mib = peak_rss_mib()
+            if on_begin is not None:
+                on_begin()
+
+        def on_step_begin(self, *args, **kwargs):
+            clock.mark()
+
+        def on_train_end(self, *args, **kwargs):
+            synchronize(device)
+            clock.finish()
+            if on_end is not None:
+                on_end()
+
+    return StepClockCallback()
 
 
 # --- the physical limit ------------------------------------------------------------------------------

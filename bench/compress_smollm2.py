@@ -91,6 +91,15 @@ def _dense_path() -> str:
     return resolve_model(MODEL)
 
 
+def worker(spec: dict) -> dict:
+    """One job in a fresh process: build a row, measure its quality, or time its speed in one form."""
+    if spec["job"] == "build":
+        return build_worker(spec["row"], Path(spec["out"]))
+    if spec["job"] == "quality":
+        return quality_worker(spec["path"], spec["ppl_docs"], spec["limit"], spec["max_new_tokens"])
+    return speed_worker(spec["path"], spec["form"], spec["new_tokens"], spec["threads"])
+
+
 def build_worker(row: str, out: Path) -> dict:
     spec = {k: v for k, v in ROWS[row].items() if k != "kind"}
     kind = ROWS[row]["kind"]
@@ -259,21 +268,12 @@ def main() -> None:
                         help="earlier result JSONs whose rows' quality is kept (repeatable)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--markdown", type=Path, help="print the docs table of a result JSON and exit")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
+    common.add_worker_args(parser)
     args = parser.parse_args()
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text())))
         return
-    if args.worker:
-        spec = json.loads(Path(args.worker).read_text())
-        if spec["job"] == "build":
-            res = build_worker(spec["row"], Path(spec["out"]))
-        elif spec["job"] == "quality":
-            res = quality_worker(spec["path"], spec["ppl_docs"], spec["limit"], spec["max_new_tokens"])
-        else:
-            res = speed_worker(spec["path"], spec["form"], spec["new_tokens"], spec["threads"])
-        common.write_worker_result(args.result, res)
+    if common.serve_worker(args, worker):
         return
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in rows if r not in ROWS]
@@ -306,13 +306,12 @@ def main() -> None:
         print(f"[{row}] ppl {q['perplexity']['value']:.3f} KL {q['kl']['kl_mean']:.4f} acc {accs}", flush=True)
     if not args.skip_speed:
         forms = [(row, "dense-fp32") for row in rows] + [(row, "torchao") for row in rows if row in TORCHAO_FORMS]
-        for rnd in range(args.speed_rounds):
-            for row, form in (forms if rnd % 2 == 0 else list(reversed(forms))):
-                s = common.run_worker(Path(__file__), {"name": f"speed-{row}", "job": "speed", "form": form,
-                                                       "path": table[row]["build"]["path"], "threads": args.threads,
-                                                       "new_tokens": args.new_tokens}, timeout_s=1800)
-                table[row].setdefault("speed", {}).setdefault(form, []).append(s)
-                print(f"[{row}/{form}] {s['tokens_per_s']:.1f} tok/s, peak {s['peak_rss_mib']:.0f} MiB", flush=True)
+        for _, (row, form) in common.alternation_order(forms, args.speed_rounds):
+            s = common.run_worker(Path(__file__), {"name": f"speed-{row}", "job": "speed", "form": form,
+                                                   "path": table[row]["build"]["path"], "threads": args.threads,
+                                                   "new_tokens": args.new_tokens}, timeout_s=1800)
+            table[row].setdefault("speed", {}).setdefault(form, []).append(s)
+            print(f"[{row}/{form}] {s['tokens_per_s']:.1f} tok/s, peak {s['peak_rss_mib']:.0f} MiB", flush=True)
         for row in rows:
             for form, trials in table[row].get("speed", {}).items():
                 table[row].setdefault("speed_median", {})[form] = {
@@ -323,7 +322,7 @@ def main() -> None:
               "ppl_docs": args.ppl_docs, "limit": args.limit, "max_new_tokens": args.max_new_tokens, "new_tokens": args.new_tokens,
               "prompts": PROMPTS, "rows": {r: ROWS[r] for r in rows}, "table": table,
               "wall_s": round(time.time() - started, 1)}
-    out = args.out or ROOT / "bench" / "results" / ("compress_smollm2_quick.json" if args.quick else "compress_smollm2.json")
+    out = common.results_path("compress_smollm2", args.quick, args.out)
     from polm.io import atomic_write_json
     atomic_write_json(out, result)
     print(common.format_table(

@@ -36,7 +36,6 @@ Writes bench/results/compress_vs_peers.json (_quick.json with --quick).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -374,9 +373,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inputs", default="/tmp/polm-bench-compress", help="model, calibration set and outputs")
     parser.add_argument("--llmc-python", default="/work/peers/llmc/bin/python")
     parser.add_argument("--convert-script", help="llama.cpp's convert_hf_to_gguf.py, if there is one")
-    parser.add_argument("--out", help="default: bench/results/compress_vs_peers.json (_quick.json with --quick)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
+    common.add_output_args(parser, "compress_vs_peers", threads_help=None)
     args = parser.parse_args(argv)
     for key, full, quick in (("repeats", 3, 1), ("n_samples", 32, 4), ("seq_len", 256, 64), ("ppl_docs", 200, 8)):
         if getattr(args, key) is None:
@@ -386,8 +383,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.worker:
-        common.write_worker_result(args.result, worker(json.loads(Path(args.worker).read_text())))
+    if common.serve_worker(args, worker):
         return 0
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -412,8 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                 "warmup": 0 if args.quick or args.no_warmup else 1, "pairs": PAIRS, "dtype": "float32",
                 "timed": "the compression call only (gguf: the whole export)",
                 "memory": "peak_rss_mib: whole process; call_peak_mib / call_peak_delta_mib: the call alone"}
-    out = Path(args.out) if args.out else common.RESULTS_DIR / (
-        "compress_vs_peers_quick.json" if args.quick else "compress_vs_peers.json")
+    out = common.results_path("compress_vs_peers", args.quick, args.out)
     path = atomic_write_json(out, {
         "benchmark": "compress_vs_peers", "command": common.command_line(SCRIPT), "quick": args.quick,
         "settings": settings, "machine": machine, "peers_unavailable": unavailable,

@@ -58,12 +58,10 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import common
-
-from polm.io import atomic_write_json
 
 SCRIPT = Path(__file__).resolve()
 MODEL = "smollm2-135m-instruct"
@@ -285,7 +283,7 @@ def trl_worker(s: Settings, lmbda: float, steps: int, teacher: str, out: Path, r
     import datasets
     import torch
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     from polm.assets import resolve_model
@@ -319,17 +317,8 @@ def trl_worker(s: Settings, lmbda: float, steps: int, teacher: str, out: Path, r
     GKDTrainer.generalized_jsd_loss = staticmethod(recorded_jsd)
     GKDTrainer.generate_on_policy_outputs = staticmethod(seeded_generate)
 
-    class Steps(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):
-            mem.__enter__()
-
-        def on_step_begin(self, args, state, control, **kw):
-            clock.mark()
-
-        def on_train_end(self, args, state, control, **kw):
-            clock.finish()
-            mem.__exit__(None, None, None)
-
+    steps_clock = common.trainer_step_clock(clock, on_begin=mem.__enter__,   # PeakRss over the training alone
+                                            on_end=lambda: mem.__exit__(None, None, None))
     rows = json.loads(rows_path.read_text())[:steps * s.micro_batch_size]
     options = trl_options(s, lmbda, steps)
     args = GKDConfig(output_dir=str(out), **{k: v["value"] for k, v in options.items()})
@@ -340,7 +329,8 @@ def trl_worker(s: Settings, lmbda: float, steps: int, teacher: str, out: Path, r
     torch.manual_seed(s.seed)
     trainer = GKDTrainer(model=model_dir, teacher_model=teacher_model, args=args,
                          train_dataset=datasets.Dataset.from_list(rows),
-                         processing_class=AutoTokenizer.from_pretrained(model_dir), peft_config=peft, callbacks=[Steps()])
+                         processing_class=AutoTokenizer.from_pretrained(model_dir), peft_config=peft,
+                         callbacks=[steps_clock])
     # fixed-length completions, as polm's rollout.min_new_tokens: EOS is blocked until max_new_tokens
     trainer.generation_config.min_new_tokens = s.max_new_tokens
     trainer.generation_kwargs["min_new_tokens"] = s.max_new_tokens
@@ -360,11 +350,7 @@ def trl_worker(s: Settings, lmbda: float, steps: int, teacher: str, out: Path, r
                                                      "min_new_tokens", "use_cache")}}}
 
 
-def worker_main(spec_path: str, result_path: str) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    spec = json.loads(Path(spec_path).read_text())
+def worker(spec: dict) -> dict:
     s = Settings(**spec["settings"])
     common.set_threads(s.threads)
     load_start, lmbda = common.load_avg_1m(), MODES[spec["mode"]]
@@ -372,8 +358,8 @@ def worker_main(spec_path: str, result_path: str) -> None:
         run = Path(tmp) / "run"
         result = (polm_worker(s, lmbda, spec["steps"], spec["teacher"], run) if spec["side"] == "polm"
                   else trl_worker(s, lmbda, spec["steps"], spec["teacher"], run, Path(spec["rows_path"])))
-    common.write_worker_result(result_path, {**result, "side": spec["side"], "mode": spec["mode"],
-                                             "load_avg_1m_start": load_start, "load_avg_1m_end": common.load_avg_1m()})
+    return {**result, "side": spec["side"], "mode": spec["mode"], "load_avg_1m_start": load_start,
+            "load_avg_1m_end": common.load_avg_1m()}
 
 
 # --- summary (parent) --------------------------------------------------------------------------------
@@ -546,32 +532,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="optimizer steps per trial (>= 2; step 1 is not timed)")
     parser.add_argument("--repeats", type=int, help="measured rounds per side and mode")
     parser.add_argument("--teacher", help="a teacher model directory (default: the student + seeded noise)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads per worker (default: one per core)")
-    parser.add_argument("--out", type=Path, help="default: bench/results/distill_vs_trl.json (_quick.json with --quick)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
+    common.add_output_args(parser, "distill_vs_trl")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.worker:
-        worker_main(args.worker, args.result)
+    if common.serve_worker(args, worker, common.HF_WORKER_ENV_NO_TQDM):
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     modes = args.modes.split(",")
     if unknown := [m for m in modes if m not in MODES]:
         raise SystemExit(f"unknown mode(s) {unknown}: use {', '.join(MODES)}")
-    s = replace(Settings(device=args.device, threads=args.threads, teacher=args.teacher),
-                **(QUICK if args.quick else {}))
-    s = replace(s, **{k: v for k, v in (("steps", args.steps), ("repeats", args.repeats)) if v})
+    s = common.with_flags(Settings(device=args.device, threads=args.threads, teacher=args.teacher),
+                          QUICK if args.quick else None, steps=args.steps, repeats=args.repeats)
     if s.steps < 2:
         raise SystemExit("--steps must be at least 2 (step 1 is not timed)")
     report = run_benchmark(s, modes, args.quick)
     print_table(report["results"], s.device)
-    out = args.out or common.RESULTS_DIR / ("distill_vs_trl_quick.json" if args.quick else "distill_vs_trl.json")
-    atomic_write_json(out, report)
-    print(f"wrote {out} ({report['wall_s']:.0f} s)")
+    common.write_report(common.results_path("distill_vs_trl", args.quick, args.out), report)
     return 0 if report["ok"] else 1
 
 

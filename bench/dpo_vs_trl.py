@@ -47,13 +47,11 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
 import common
-
-from polm.io import atomic_write_json
 
 SCRIPT = Path(__file__).resolve()
 MODEL = "smollm2-135m-instruct"
@@ -138,13 +136,6 @@ def per_step_tokens(encoded: list[dict], settings: Settings) -> list[dict]:
 
 # --- workers (one fresh process per trial) -----------------------------------------------------------
 
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def _polm_config(spec: dict, s: Settings, run_dir: str):
     """The DPO recipe's config for this trial, built from dotted overrides as `polm dpo` would."""
     from polm.config import load_config
@@ -196,10 +187,10 @@ def run_polm(spec: dict) -> dict:
         model = attach_adapter(model, cfg.lora, gradient_checkpointing=cfg.model.gradient_checkpointing)
         collate = make_collate(cfg, tokenizer, unpaired=False)
 
-        _sync(device)
+        common.synchronize(device)
         wall, cpu = time.perf_counter(), time.process_time()
         reference, ref_info = build_reference(cfg, model, tokenizer, train_ex, collate)
-        _sync(device)
+        common.synchronize(device)
         precompute = {"precompute_s": time.perf_counter() - wall, "precompute_cpu_s": time.process_time() - cpu}
 
         seen: list[dict] = []
@@ -220,7 +211,7 @@ def run_polm(spec: dict) -> dict:
         batches = BatchStream(train_ex, collate, cfg.train.micro_batch_size, seed=cfg.train.seed, shuffle=False)
         rss_start = common.peak_rss_mib()
         train(model=model, step_fn=timed_step, batches=batches, cfg=cfg.train, run_dir=Path(run_dir))
-        _sync(device)
+        common.synchronize(device)
         clock.finish()
         records = [r for r in read_metrics(Path(run_dir)) if "loss" in r]
     per_step = [seen[i * s.grad_accum:(i + 1) * s.grad_accum] for i in range(len(records))]
@@ -271,7 +262,7 @@ def run_trl(spec: dict) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOTrainer
     from trl.trainer import dpo_trainer
 
@@ -285,25 +276,15 @@ def run_trl(spec: dict) -> dict:
     peft_config = LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=0.0, bias="none",
                              target_modules=list(s.lora_targets), task_type="CAUSAL_LM")
 
-    clock, rss_start, precompute = common.StepClock(), [0.0], {"precompute_s": 0.0, "precompute_cpu_s": 0.0}
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, *args, **kwargs):
-            rss_start[0] = common.peak_rss_mib()
-
-        def on_step_begin(self, *args, **kwargs):
-            clock.mark()
-
-        def on_train_end(self, *args, **kwargs):
-            _sync(device)
-            clock.finish()
+    clock, precompute = common.StepClock(), {"precompute_s": 0.0, "precompute_cpu_s": 0.0}
+    steps_clock = common.trainer_step_clock(clock, device=device)
 
     def timed(fn):   # TRL runs the pass inside DPOTrainer(...): time its calls alone, added to precompute_s
         def wrapper(*args, **kwargs):
-            _sync(device)
+            common.synchronize(device)
             wall, cpu = time.perf_counter(), time.process_time()
             out = fn(*args, **kwargs)
-            _sync(device)
+            common.synchronize(device)
             precompute["precompute_s"] += time.perf_counter() - wall
             precompute["precompute_cpu_s"] += time.process_time() - cpu
             return out
@@ -314,13 +295,14 @@ def run_trl(spec: dict) -> dict:
     dpo_trainer.hash_module = timed(dpo_trainer.hash_module)
     with tempfile.TemporaryDirectory(prefix="polm-bench-trl-") as out_dir:
         trainer = DPOTrainer(model=model, args=_trl_args(spec, s, out_dir), train_dataset=Dataset.from_list(rows),
-                             processing_class=tokenizer, peft_config=peft_config, callbacks=[Clock()])
+                             processing_class=tokenizer, peft_config=peft_config, callbacks=[steps_clock])
         tokenization = compare_tokenization(spec, trainer.train_dataset, tokenizer)
         trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
     return {"losses": [h["loss"] for h in logs], "grad_norms": [h["grad_norm"] for h in logs],
             "logps_chosen": [h["logps/chosen"] for h in logs], "logps_rejected": [h["logps/rejected"] for h in logs],
-            **precompute, "tokenization": tokenization, "rss_at_train_start_mib": rss_start[0],
+            **precompute, "tokenization": tokenization,
+            "rss_at_train_start_mib": steps_clock.rss_at_train_start_mib,
             "cuda_peak_mib": common.cuda_peak_mib(device), "optimizer": str(trainer.args.optim.value), **clock.as_dict(),
             **common.param_counts(trainer.model)}
 
@@ -347,15 +329,11 @@ def compare_tokenization(spec: dict, dataset, tokenizer) -> dict:
             "polm_only_targets": len(polm_only), "polm_only_tokens": sorted({tokenizer.decode([t]) for t in polm_only})}
 
 
-def worker_main(spec_path: str, result_path: str) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    spec = json.loads(Path(spec_path).read_text())
+def worker(spec: dict) -> dict:
     common.set_threads(spec.get("threads"))
     result = {"side": spec["side"]}
     result.update(run_polm(spec) if spec["side"].startswith("polm") else run_trl(spec))
-    common.write_worker_result(result_path, result)
+    return result
 
 
 # --- summary (parent) --------------------------------------------------------------------------------
@@ -510,11 +488,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--polm-override", action="append", default=[], metavar="KEY=VALUE",
                         help="a dotted override for polm's side only (repeatable), e.g. train.malloc_mmap_threshold_mb=0")
     parser.add_argument("--repeats", type=int, help="measured rounds per side")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads per worker (default: one per core); "
-                        "1 avoids OpenMP stalls when other processes oversubscribe the cores")
-    parser.add_argument("--out", type=Path, help="default: bench/results/dpo_vs_trl.json (_quick.json with --quick)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
+    common.add_output_args(parser, "dpo_vs_trl", common.THREADS_HELP_CONTENDED)
     args = parser.parse_args(argv)
     pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]
     if not pairs or set(pairs) - set(PAIRS):
@@ -582,21 +556,18 @@ def run_benchmark(args: argparse.Namespace, settings: Settings) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.worker:
-        worker_main(args.worker, args.result)
+    if common.serve_worker(args, worker, common.HF_WORKER_ENV_NO_TQDM):
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    settings = replace(Settings(), **(QUICK if args.quick else {}))
-    settings = replace(settings, **{k: v for k, v in (("steps", args.steps), ("repeats", args.repeats)) if v},
-                       polm_overrides=tuple(args.polm_override))
+    settings = common.with_flags(Settings(polm_overrides=tuple(args.polm_override)), QUICK if args.quick else None,
+                                 steps=args.steps, repeats=args.repeats)
     if settings.steps < 2:
         raise SystemExit("--steps must be at least 2 (step 1 is not timed)")
-    out = args.out or common.RESULTS_DIR / ("dpo_vs_trl_quick.json" if args.quick else "dpo_vs_trl.json")
+    out = common.results_path("dpo_vs_trl", args.quick, args.out)
     report = run_benchmark(args, settings)
     print_table(report["results"], args.device)
     print("goals: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in report["goals"].items()))
-    atomic_write_json(out, report)
-    print(f"wrote {out} ({report['wall_s']:.0f} s)")
+    common.write_report(out, report)
     return 0
 
 

@@ -29,16 +29,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import common
-
-from polm.io import atomic_write_json
 
 SCRIPT = Path(__file__).resolve()
 MODEL = "smollm2-135m-instruct"
@@ -239,7 +236,6 @@ def trl_worker(s: Settings, steps: int, out: Path, prompts_path: Path) -> dict:
     """TRL GRPOTrainer.train() on the parent's prompt list, with clocks around generation and each step."""
     import datasets
     from peft import LoraConfig
-    from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from polm.assets import resolve_model
@@ -261,19 +257,13 @@ def trl_worker(s: Settings, steps: int, out: Path, prompts_path: Path) -> dict:
     clock, gen = common.StepClock(), PhaseClock()
     GRPOTrainer._generate_and_score_completions = gen.timed(GRPOTrainer._generate_and_score_completions, counted)
 
-    class Steps(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            clock.mark()
-
-        def on_train_end(self, args, state, control, **kw):
-            clock.finish()
-
     options = trl_options(s, steps)
     args = GRPOConfig(output_dir=str(out), **{k: v["value"] for k, v in options.items()})
     peft = LoraConfig(r=s.lora_r, lora_alpha=2 * s.lora_r, lora_dropout=0.0, bias="none", target_modules=TARGETS,
                       task_type="CAUSAL_LM")
     trainer = GRPOTrainer(model=resolve_model(s.model), reward_funcs=reward, args=args,
-                          train_dataset=datasets.Dataset.from_list(rows), peft_config=peft, callbacks=[Steps()])
+                          train_dataset=datasets.Dataset.from_list(rows), peft_config=peft,
+                          callbacks=[common.trainer_step_clock(clock)])
     trainer.train()
     a = trainer.args
     resolved = {"bf16": a.bf16, "fp16": a.fp16, "activation_checkpointing": a.activation_checkpointing,
@@ -286,11 +276,7 @@ def trl_worker(s: Settings, steps: int, out: Path, prompts_path: Path) -> dict:
             "resolved_args": resolved}
 
 
-def worker_main(spec_path: str, result_path: str) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    spec = json.loads(Path(spec_path).read_text())
+def worker(spec: dict) -> dict:
     s = Settings(**spec["settings"])
     common.set_threads(s.threads)
     load_start = common.load_avg_1m()
@@ -298,8 +284,7 @@ def worker_main(spec_path: str, result_path: str) -> None:
         run = Path(tmp) / "run"
         result = (polm_worker(s, spec["steps"], run) if spec["side"] == "polm"
                   else trl_worker(s, spec["steps"], run, Path(spec["prompts_path"])))
-    common.write_worker_result(result_path, {**result, "side": spec["side"], "load_avg_1m_start": load_start,
-                                             "load_avg_1m_end": common.load_avg_1m()})
+    return {**result, "side": spec["side"], "load_avg_1m_start": load_start, "load_avg_1m_end": common.load_avg_1m()}
 
 
 # --- summary (parent) --------------------------------------------------------------------------------
@@ -434,28 +419,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="measured rounds per side (>= 3)")
     parser.add_argument("--natural-length", action="store_true",
                         help="let completions end at EOS (the headline becomes seconds per generated token)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads per worker (default: one per core)")
-    parser.add_argument("--out", type=Path, help="default: bench/results/grpo_vs_trl.json (_quick.json with --quick)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
+    common.add_output_args(parser, "grpo_vs_trl")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.worker:
-        worker_main(args.worker, args.result)
+    if common.serve_worker(args, worker, common.HF_WORKER_ENV_NO_TQDM):
         return 0
-    s = replace(Settings(device=args.device, threads=args.threads, fixed_length=not args.natural_length),
-                **(QUICK if args.quick else {}))
-    s = replace(s, **{k: v for k, v in (("steps", args.steps), ("repeats", args.repeats)) if v})
+    s = common.with_flags(Settings(device=args.device, threads=args.threads, fixed_length=not args.natural_length),
+                          QUICK if args.quick else None, steps=args.steps, repeats=args.repeats)
     if s.steps < 2 or s.repeats < 3:
         raise SystemExit("--steps must be at least 2 (step 1 is not timed) and --repeats at least 3")
     report = run_benchmark(s, args.quick)
     print_table(report)
-    out = args.out or common.RESULTS_DIR / ("grpo_vs_trl_quick.json" if args.quick else "grpo_vs_trl.json")
-    atomic_write_json(out, report)
-    print(f"wrote {out} ({report['wall_s']:.0f} s)")
+    common.write_report(common.results_path("grpo_vs_trl", args.quick, args.out), report)
     return 0 if report["results"]["same_work"]["ok"] else 1
 
 

@@ -24,8 +24,10 @@ import time
 import traceback
 from pathlib import Path
 
+import common
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULT = ROOT / "bench" / "results" / "kill_resume.json"
+RESULT = common.RESULTS_DIR / "kill_resume.json"
 sys.path.insert(0, str(ROOT / "tests"))
 
 
@@ -109,7 +111,7 @@ def main() -> int:
                     print(json.dumps(cases[-1]), flush=True)
         finally:
             launcher.close()
-    result = {"command": "python " + shlex.join(["bench/kill_resume.py", *sys.argv[1:]]),
+    result = {"command": common.command_line(__file__),
               "all_resumed_exactly": all(c["resumed_exactly"] for c in cases),
               "corrupt_checkpoints": sum(c["corrupt_checkpoints"] for c in cases),
               "total_wall_s": round(time.perf_counter() - began, 1), "cases": cases}

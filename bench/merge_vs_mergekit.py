@@ -256,16 +256,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None, help="rounds per method (default 3, quick 1)")
     parser.add_argument("--inputs", default="/tmp/polm-bench-merge", help="where the three input models live")
     parser.add_argument("--mergekit-path", default=str(ROOT / ".cache" / "mergekit-site"))
-    parser.add_argument("--out", help="default: bench/results/merge_vs_mergekit.json (_quick.json with --quick)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
+    common.add_output_args(parser, "merge_vs_mergekit", threads_help=None)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.worker:
-        common.write_worker_result(args.result, worker(json.loads(Path(args.worker).read_text())))
+    if common.serve_worker(args, worker):
         return 0
     methods = args.methods or (["ties"] if args.quick else list(METHODS))
     repeats = args.repeats or (1 if args.quick else 3)
@@ -290,8 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                 "memory": "peak_rss_mib: whole process (imports included); merge_peak_mib / merge_peak_delta_mib: "
                           "the merge call alone (VmHWM reset at its start) and its growth over the RSS it started "
                           "from; phases: the same per phase of the call"}
-    out = Path(args.out) if args.out else common.RESULTS_DIR / (
-        "merge_vs_mergekit_quick.json" if args.quick else "merge_vs_mergekit.json")
+    out = common.results_path("merge_vs_mergekit", args.quick, args.out)
     path = atomic_write_json(out, {
         "benchmark": "merge_vs_mergekit", "command": common.command_line(SCRIPT), "quick": args.quick,
         "settings": settings, "machine": machine, "load_avg_1m_at_end": common.load_avg_1m(),

@@ -26,13 +26,14 @@ from pathlib import Path
 
 from common import (
     PeakRss,
+    add_worker_args,
     alternate_workers,
     command_line,
     machine_description,
     median,
     package_versions,
+    serve_worker,
     spread,
-    write_worker_result,
 )
 
 SIZE, OVERLAP, K = 128, 32, 10
@@ -121,8 +122,7 @@ def raw_side(documents, questions) -> tuple[dict, list, list]:
     return timing, dense, lexical
 
 
-def worker(spec_path: str, result_path: str) -> None:
-    spec = json.loads(Path(spec_path).read_text())
+def worker(spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(spec["threads"])
@@ -133,7 +133,7 @@ def worker(spec_path: str, result_path: str) -> None:
                   dense_queries_per_s=len(questions) / timing["dense_query_s"],
                   bm25_queries_per_s=len(questions) / timing["bm25_query_s"],
                   chunks_per_s=timing["chunks"] / timing["build_s"], dense_ids=dense, bm25_ids=lexical)
-    write_worker_result(result_path, timing)
+    return timing
 
 
 def main() -> None:
@@ -142,11 +142,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="bench/results/rag_index.json")
-    parser.add_argument("--worker")
-    parser.add_argument("--result")
+    add_worker_args(parser)
     args = parser.parse_args()
-    if args.worker:
-        return worker(args.worker, args.result)
+    if serve_worker(args, worker):
+        return
     specs = {side: {"name": side, "side": side, "docs": args.docs, "threads": args.threads} for side in ("polm", "raw")}
     warm = {side: {**spec, "docs": 50} for side, spec in specs.items()}
     env = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}

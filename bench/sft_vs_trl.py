@@ -26,12 +26,10 @@ import random
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import common
-
-from polm.io import atomic_write_json
 
 SCRIPT = Path(__file__).resolve()
 MODEL = "smollm2-135m-instruct"
@@ -199,7 +197,7 @@ def run_trl(spec: dict) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
     s, device = Settings(**spec["settings"]), spec["device"]
@@ -210,27 +208,19 @@ def run_trl(spec: dict) -> dict:
                               target_modules=list(s.lora_targets), task_type="CAUSAL_LM")
                    if spec["mode"] == "lora" else None)
 
-    clock, rss_start = common.StepClock(), [0.0]
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, *args, **kwargs):
-            rss_start[0] = common.peak_rss_mib()
-
-        def on_step_begin(self, *args, **kwargs):
-            clock.mark()
-
-        def on_train_end(self, *args, **kwargs):
-            clock.finish()
+    clock = common.StepClock()
+    steps_clock = common.trainer_step_clock(clock)
 
     with tempfile.TemporaryDirectory(prefix="polm-bench-trl-") as out_dir:
         torch.manual_seed(s.seed)  # the LoRA A matrices are drawn inside SFTTrainer(...), as polm's are in attach
         trainer = SFTTrainer(model=model, args=_trl_args(spec, s, out_dir), train_dataset=Dataset.from_list(examples),
-                             processing_class=tokenizer, peft_config=peft_config, callbacks=[Clock()])
+                             processing_class=tokenizer, peft_config=peft_config, callbacks=[steps_clock])
         trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h and "train_runtime" not in h]
     cumulative = [int(h["num_tokens"]) for h in logs]
     return {"losses": [h["loss"] for h in logs], "grad_norms": [h["grad_norm"] for h in logs],
-            "tokens": [b - a for a, b in zip([0, *cumulative], cumulative)], "rss_at_train_start_mib": rss_start[0],
+            "tokens": [b - a for a, b in zip([0, *cumulative], cumulative)],
+            "rss_at_train_start_mib": steps_clock.rss_at_train_start_mib,
             "cuda_peak_mib": common.cuda_peak_mib(device), "optimizer": str(trainer.args.optim.value), **clock.as_dict(),
             **common.param_counts(trainer.model)}
 
@@ -280,16 +270,13 @@ def compare_encodings(ours: list[dict], theirs: list[dict], tokenizer) -> dict:
             "polm_only_targets": len(polm_only), "polm_only_tokens": sorted({tokenizer.decode([t]) for t in polm_only})}
 
 
-def worker_main(spec_path: str, result_path: str) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    spec = json.loads(Path(spec_path).read_text())
+def worker(spec: dict) -> dict:
     common.set_threads(spec.get("threads"))
     result = {"side": spec["side"], "mode": spec["mode"]}
     if spec.get("raw_path"):
         result["tokenization_check"] = check_trl_tokenization(spec)
     result.update(run_polm(spec) if spec["side"] == "polm" else run_trl(spec))
-    common.write_worker_result(result_path, result)
+    return result
 
 
 # --- summary (parent) --------------------------------------------------------------------------------
@@ -395,11 +382,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="polm's train.optimizer_impl (default auto: fused where torch has the kernel)")
     parser.add_argument("--polm-packed-attention", choices=["segment", "mask"],
                         help="polm's data.packed_attention (default segment: SDPA per packed example)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads per worker (default: one per core); "
-                        "1 avoids OpenMP stalls when other processes oversubscribe the cores")
-    parser.add_argument("--out", type=Path, help="default: bench/results/sft_vs_trl.json (_quick.json with --quick)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
+    common.add_output_args(parser, "sft_vs_trl", common.THREADS_HELP_CONTENDED)
     return parser.parse_args(argv)
 
 
@@ -429,7 +412,7 @@ def run_benchmark(args: argparse.Namespace, settings: Settings) -> dict:
                                        raw_path=str(Path(tmp) / "raw.json"))
             tokenization = results[mode].pop("tokenization_check", tokenization)
     return {
-        "benchmark": "sft_vs_trl", "command": " ".join(["python", "bench/sft_vs_trl.py", *sys.argv[1:]]),
+        "benchmark": "sft_vs_trl", "command": common.command_line(SCRIPT),
         "quick": args.quick, "device": args.device, "machine": machine,
         "matmul_peak": {"start": peak, "end": common.matmul_peak_flops(args.device)}, "settings": asdict(settings),
         "trl_fast_options": {"padding_free": settings.trl_padding_free, "gradient_checkpointing": False,
@@ -439,7 +422,7 @@ def run_benchmark(args: argparse.Namespace, settings: Settings) -> dict:
                  "length_median": lengths[len(lengths) // 2], "length_max": lengths[-1],
                  "tokens_per_step": [s["tokens"] for s in steps], "targets_per_step": [s["targets"] for s in steps]},
         "tokenization_check": tokenization, "results": results, "goals": goals(results),
-        "wall_s": round(time.perf_counter() - started, 1), "load_avg_1m_at_end": round(os.getloadavg()[0], 2)}
+        "wall_s": round(time.perf_counter() - started, 1), "load_avg_1m_at_end": common.load_avg_1m()}
 
 
 def goals(results: dict) -> dict:
@@ -450,21 +433,18 @@ def goals(results: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.worker:
-        worker_main(args.worker, args.result)
+    if common.serve_worker(args, worker, common.HF_WORKER_ENV):
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    settings = replace(Settings(), **(QUICK if args.quick else {}))
-    settings = replace(settings, **{k: v for k, v in (("steps", args.steps), ("repeats", args.repeats),
-                                                      ("polm_optimizer_impl", args.polm_optimizer_impl),
-                                                      ("polm_packed_attention", args.polm_packed_attention)) if v})
-    out = args.out or common.RESULTS_DIR / ("sft_vs_trl_quick.json" if args.quick else "sft_vs_trl.json")
+    settings = common.with_flags(Settings(), QUICK if args.quick else None, steps=args.steps, repeats=args.repeats,
+                                 polm_optimizer_impl=args.polm_optimizer_impl,
+                                 polm_packed_attention=args.polm_packed_attention)
+    out = common.results_path("sft_vs_trl", args.quick, args.out)
     report = run_benchmark(args, settings)
     print_table(report["results"], args.device)
     for mode, met in report["goals"].items():
         print(f"{mode}: goals " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in met.items()))
-    atomic_write_json(out, report)
-    print(f"wrote {out} ({report['wall_s']:.0f} s)")
+    common.write_report(out, report)
     return 0
 
 

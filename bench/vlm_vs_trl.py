@@ -34,12 +34,10 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import common
-
-from polm.io import atomic_write_json
 
 SCRIPT = Path(__file__).resolve()
 TOKENIZER = "smollm2-135m-instruct"
@@ -266,7 +264,7 @@ def _trl_model(spec: dict):
 
 def run_trl(spec: dict) -> dict:
     """SFTTrainer on conversational prompt/completion rows with images (its VLM collator encodes on the fly)."""
-    from transformers import AutoProcessor, TrainerCallback
+    from transformers import AutoProcessor
     from trl import SFTTrainer
 
     s, device = Settings(**spec["settings"]), spec["device"]
@@ -274,16 +272,9 @@ def run_trl(spec: dict) -> dict:
     model, dataset = _trl_model(spec), _trl_dataset(spec)
     ins = _Instrument()
 
-    class Clock(TrainerCallback):
-        def on_step_begin(self, *args, **kwargs):
-            ins.clock.mark()
-
-        def on_train_end(self, *args, **kwargs):
-            ins.clock.finish()
-
     with tempfile.TemporaryDirectory(prefix="polm-bench-trl-") as out_dir:
         trainer = SFTTrainer(model=model, args=_trl_args(spec, s, out_dir), train_dataset=dataset,
-                             processing_class=processor, callbacks=[Clock()])
+                             processing_class=processor, callbacks=[common.trainer_step_clock(ins.clock)])
         check = same_inputs(spec, trainer, dataset) if spec.get("check") else None
         with ins.mem, ins.mem.phase("train"):
             trainer.train()
@@ -327,13 +318,9 @@ def same_inputs(spec: dict, trainer, dataset) -> dict:
             "length_min": min(lengths), "length_max": max(lengths)}
 
 
-def worker_main(spec_path: str, result_path: str) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    spec = json.loads(Path(spec_path).read_text())
+def worker(spec: dict) -> dict:
     common.set_threads(spec.get("threads"))
-    result = {"side": spec["side"], **(run_polm(spec) if spec["side"] == "polm" else run_trl(spec))}
-    common.write_worker_result(result_path, result)
+    return {"side": spec["side"], **(run_polm(spec) if spec["side"] == "polm" else run_trl(spec))}
 
 
 # --- summary (parent) --------------------------------------------------------------------------------
@@ -461,26 +448,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="3 steps, 1 repeat (about 1 min on 2 CPU cores)")
     parser.add_argument("--steps", type=int, help="optimizer steps per trial")
     parser.add_argument("--repeats", type=int, help="measured rounds per side")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads per worker (default: one per core)")
-    parser.add_argument("--out", type=Path, help="default: bench/results/vlm_vs_trl.json (_quick.json with --quick)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
+    common.add_output_args(parser, "vlm_vs_trl")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.worker:
-        worker_main(args.worker, args.result)
+    if common.serve_worker(args, worker, common.HF_WORKER_ENV):
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    settings = replace(Settings(), **(QUICK if args.quick else {}))
-    settings = replace(settings, **{k: v for k, v in (("steps", args.steps), ("repeats", args.repeats)) if v})
-    out = args.out or common.RESULTS_DIR / ("vlm_vs_trl_quick.json" if args.quick else "vlm_vs_trl.json")
+    settings = common.with_flags(Settings(), QUICK if args.quick else None, steps=args.steps, repeats=args.repeats)
+    out = common.results_path("vlm_vs_trl", args.quick, args.out)
     report = run_benchmark(args, settings)
     print_report(report)
-    atomic_write_json(out, report)
-    print(f"wrote {out} ({report['wall_s']:.0f} s)")
+    common.write_report(out, report)
     return 0 if report["same_work"]["ok"] else 1
 
 

@@ -11,17 +11,10 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from vlm_helpers import build_tiny_llava
+from vlm_helpers import two_class_image as image
 
 from polm.cli import main
-
-
-def image(kind: int, seed: int) -> list:
-    """16x16: class 0 bright on top, class 1 bright at the bottom, plus noise."""
-    rng = np.random.default_rng(seed)
-    img = rng.integers(0, 60, size=(16, 16))
-    img[:8] += 190 if kind == 0 else 0
-    img[8:] += 190 if kind == 1 else 0
-    return img.tolist()
 
 
 @pytest.fixture()
@@ -173,7 +166,6 @@ def test_eval_after_training_and_eval_only(tiny_model_dir, image_data, tmp_path)
 
 def test_transformers_llava_trains_through_its_processor_and_reloads(image_data, tmp_path):
     from transformers import AutoModelForImageTextToText, AutoProcessor
-    from vlm_helpers import build_tiny_llava
 
     from polm.config import load_config
     from polm.recipes.vlm import VLMConfig, run_vlm
@@ -235,7 +227,6 @@ def test_bad_objectives_are_one_clear_line(tiny_model_dir, image_data, tmp_path,
 
 
 def test_transformers_llava_eval_after_training_and_eval_only(image_data, tmp_path):
-    from vlm_helpers import build_tiny_llava
 
     llava = build_tiny_llava(tmp_path / "llava")
     test = tmp_path / "test.jsonl"
@@ -273,7 +264,6 @@ def test_held_out_loss_with_perplexity_only_for_the_token_loss(tiny_model_dir, i
 def test_transformers_vlm_trains_on_the_configured_device(image_data, tmp_path):
     """model.lm.device places a model.hf VLM as it places the composed family's LM: cuda where there is
     one, and without one the same one-line refusal as every recipe's model.device=cuda."""
-    from vlm_helpers import build_tiny_llava
 
     from polm.config import load_config
     from polm.errors import PolmError

@@ -7,18 +7,10 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
+from vlm_helpers import two_class_image as image
 
 from polm.cli import main
-
-
-def image(kind: int, seed: int) -> list:
-    rng = np.random.default_rng(seed)
-    img = rng.integers(0, 60, size=(16, 16))
-    img[:8] += 190 if kind == 0 else 0
-    img[8:] += 190 if kind == 1 else 0
-    return img.tolist()
 
 
 @pytest.fixture()

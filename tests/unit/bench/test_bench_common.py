@@ -1,8 +1,13 @@
-"""bench/common.py helpers: alternation order, spreads, the command line, /proc memory parsing and the
-peak RSS of a block alone (the kernel's high-water mark reset at its start)."""
+"""bench/common.py helpers: alternation order, spreads, the command line, /proc memory parsing, the
+peak RSS of a block alone (the kernel's high-water mark reset at its start), the flags and result file
+every bench shares, a worker run through `run_worker` -> `serve_worker`, and the TRL step clock."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -97,3 +102,96 @@ def test_wrap_iter_measures_the_whole_iteration():
     with mem:
         assert list(gen(3)) == [0, 1, 2]
     assert [p["name"] for p in mem.as_dict()["phases"]] == ["merge"]
+
+
+# --- the shared command line, the worker protocol, the TRL step clock ----------------------------------
+
+def _bench_parser(**kwargs) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    common.add_output_args(parser, "x_vs_y", **kwargs)
+    return parser
+
+
+def test_output_args_default_to_the_results_file_named_after_the_bench():
+    args = _bench_parser().parse_args([])
+    assert (args.threads, args.out, args.worker, args.result) == (None, None, None, None)
+    assert common.results_path("x_vs_y", args.quick, args.out) == common.RESULTS_DIR / "x_vs_y.json"
+    assert common.results_path("x_vs_y", True, None) == common.RESULTS_DIR / "x_vs_y_quick.json"
+    args = _bench_parser().parse_args(["--threads", "2", "--out", "elsewhere/r.json", "--quick"])
+    assert args.threads == 2 and common.results_path("x_vs_y", args.quick, args.out) == Path("elsewhere/r.json")
+
+
+def test_output_args_show_out_and_threads_and_hide_the_worker_flags():
+    text = " ".join(_bench_parser().format_help().split())   # argparse wraps help lines
+    assert "default: bench/results/x_vs_y.json (_quick.json with --quick)" in text
+    assert common.THREADS_HELP in text and "--worker" not in text and "--result" not in text
+    assert "--threads" not in _bench_parser(threads_help=None).format_help()
+    assert _bench_parser(threads_help=None).parse_args(["--worker", "s.json", "--result", "r.json"]).worker == "s.json"
+
+
+def test_given_keeps_only_the_values_set_on_the_command_line():
+    assert common.given(steps=None, repeats=5, impl="fused", warm=0) == {"repeats": 5, "impl": "fused"}
+
+
+@dataclasses.dataclass
+class _Settings:
+    steps: int = 10
+    repeats: int = 3
+    warmup: bool = True
+    device: str = "cpu"
+
+
+def test_with_flags_puts_quick_over_the_defaults_and_given_flags_over_both():
+    quick = {"steps": 3, "repeats": 1, "warmup": False}
+    base = _Settings(device="cuda")
+    assert common.with_flags(base) == base
+    assert common.with_flags(base, quick) == _Settings(3, 1, False, "cuda")
+    assert common.with_flags(base, quick, steps=6, repeats=None) == _Settings(6, 1, False, "cuda")
+    assert common.with_flags(base, None, repeats=5) == _Settings(10, 5, True, "cuda")
+
+
+def test_a_parent_is_no_worker():
+    calls = []
+    assert common.serve_worker(argparse.Namespace(worker=None, result=None), calls.append) is False
+    assert calls == []
+
+
+def test_a_worker_reads_its_spec_and_writes_the_result_with_its_peak_rss(tmp_path, monkeypatch):
+    spec, result = tmp_path / "spec.json", tmp_path / "result.json"
+    spec.write_text(json.dumps({"side": "polm", "n": 3}))
+    monkeypatch.delenv("POLM_BENCH_TEST_A", raising=False)
+    monkeypatch.setenv("POLM_BENCH_TEST_B", "kept")
+    args = argparse.Namespace(worker=str(spec), result=str(result))
+    served = common.serve_worker(args, lambda s: {"twice": 2 * s["n"], "env_a": os.environ["POLM_BENCH_TEST_A"]},
+                                 {"POLM_BENCH_TEST_A": "1", "POLM_BENCH_TEST_B": "default"})
+    out = json.loads(result.read_text())
+    assert served is True and os.environ["POLM_BENCH_TEST_B"] == "kept"   # defaults never override the parent
+    assert (out["twice"], out["env_a"]) == (6, "1") and out["peak_rss_mib"] > 0
+
+
+def test_run_worker_and_serve_worker_speak_the_same_protocol(tmp_path):
+    script = tmp_path / "bench_like.py"
+    script.write_text(
+        "import argparse, sys\n"
+        f"sys.path.insert(0, {str(Path(common.__file__).parent)!r})\n"
+        "import common\n"
+        "parser = argparse.ArgumentParser()\n"
+        "common.add_worker_args(parser)\n"
+        "args = parser.parse_args()\n"
+        "assert common.serve_worker(args, lambda spec: {'side': spec['side'], 'sum': sum(spec['values'])})\n")
+    out = common.run_worker(script, {"name": "t", "side": "trl", "values": [1, 2, 4]})
+    assert out.pop("peak_rss_mib") > 0 and out == {"side": "trl", "sum": 7}
+
+
+def test_trainer_step_clock_marks_every_step_and_finishes_at_the_end():
+    clock, events = common.StepClock(), []
+    callback = common.trainer_step_clock(clock, on_begin=lambda: events.append(("begin", len(clock.wall))),
+                                         on_end=lambda: events.append(("end", len(clock.wall))))
+    callback.on_train_begin(None, None, None)
+    for _ in range(3):
+        callback.on_step_begin(None, None, None)
+    callback.on_train_end(None, None, None)
+    assert events == [("begin", 0), ("end", 4)]   # on_end runs after finish(): 3 step marks + the end mark
+    assert len(clock.as_dict()["step_wall_s"]) == 3
+    assert 0 < callback.rss_at_train_start_mib <= common.peak_rss_mib()

@@ -1,5 +1,5 @@
 """Tiny VLM test helpers: the shared tiny Llama (32-d, wide init so answers depend on the image) with the
-tiny conv tower (16x16 images -> 16 tokens of 24-d), and synthetic images."""
+tiny conv tower (16x16 images -> 16 tokens of 24-d), synthetic images, and a tiny LLaVA checkpoint."""
 
 from __future__ import annotations
 
@@ -18,6 +18,16 @@ def tiny_vlm(tokenizer, projector: str = "mlp2x_gelu", seed: int = 0, **options)
 def synthetic_images(n: int, seed: int = 0, size: int = 12) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, size=(size, size), dtype=np.uint8) for _ in range(n)]
+
+
+def two_class_image(kind: int, seed: int) -> list:
+    """16x16 grey levels as nested lists (a JSONL `image`): class 0 bright on top, class 1 bright at the
+    bottom, plus noise."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 60, size=(16, 16))
+    img[:8] += 190 if kind == 0 else 0
+    img[8:] += 190 if kind == 1 else 0
+    return img.tolist()
 
 
 LLAVA_CHAT = (
