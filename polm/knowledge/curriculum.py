@@ -37,7 +37,7 @@ from polm.knowledge.categories import (
 )
 from polm.knowledge.facts import check_disjoint, fact_key, load_facts, split_of
 from polm.knowledge.probe import ProbeConfig, cached_probe, read_results
-from polm.knowledge.report import write_probe
+from polm.knowledge.report import retention_report, write_probe, write_retention
 from polm.knowledge.training import train_stage, zero_shot_correct
 from polm.models import LoraConfig, ModelConfig, attach_adapter, load_model, load_tokenizer
 from polm.rundir import check_output_dir, first_config_difference, run_directory
@@ -194,7 +194,18 @@ def _run_stages(study: Study, facts: dict[str, list[dict]], tokenizer) -> dict[s
             "one_stage_all": lambda: fresh_stage(facts["train"], budget),
             "one_stage_maybe": lambda: fresh_stage(maybe, budget)}
     results = {c: study.stage(c, runs[c]()) for c in cfg.conditions}
-    return build_report(base_cat, results, noise, study, facts)
+    retention = {c: _write_retention(study.dir / c / "retention", probe_base, res, cfg) for c, res in results.items()}
+    return build_report(base_cat, results, noise, study, facts, retention)
+
+
+def _write_retention(out: Path, probe_base: dict, res: dict, cfg: CurriculumConfig) -> dict[str, Any]:
+    """A condition's retention/ (what `polm knowledge retention` writes) from the probes the study already
+    holds of the train facts, the base's and the condition's final one: nothing is probed again."""
+    base_train = [r for r in read_results(probe_base["dir"]) if r["split"] == "train"]
+    meta = {"before": cfg.model.name, "after": res["final_dir"], "before_probe": probe_base["dir"],
+            "after_probe": res["probe"]["dir"], "data": cfg.data, "splits": ["train"],
+            "max_facts": cfg.max_facts.get("train", 0), "settings": cfg.probe.measured()}
+    return write_retention(out, retention_report(base_train, read_results(res["probe"]["dir"]), meta))
 
 
 def _train_and_eval(d: Path, model, tokenizer, records: list[dict], facts: dict[str, list[dict]],
@@ -209,9 +220,10 @@ def _train_and_eval(d: Path, model, tokenizer, records: list[dict], facts: dict[
 
 
 def build_report(base_cat: dict[str, str], results: dict[str, dict], noise: dict | None, study: Study,
-                 facts: dict[str, list[dict]]) -> dict[str, Any]:
+                 facts: dict[str, list[dict]], retention: dict[str, dict]) -> dict[str, Any]:
     """One row per condition: knowledge metrics on the train facts (vs the base probe), the transition
-    matrix, test accuracy overall and by the test facts' base category (each with a bootstrap CI)."""
+    matrix, the retention, test accuracy overall and by the test facts' base category (each with a
+    bootstrap CI)."""
     train_keys = {fact_key(f) for f in facts["train"]}
     base_train = {k: v for k, v in base_cat.items() if k in train_keys}
     test_cat = [base_cat.get(fact_key(f)) for f in facts["test"]]
@@ -220,11 +232,11 @@ def build_report(base_cat: dict[str, str], results: dict[str, dict], noise: dict
         after = _categories(res["probe"])
         matrix = transition_matrix(base_train, after)
         correct = res["test_correct"]
-        by_cat = {c: _summary([x for x, tc in zip(correct, test_cat) if tc == c]) for c in CATEGORIES}
-        acquired = _summary([float(after.get(k) == "HighlyKnown") for k in sorted(base_train)])
+        by_cat = {c: summarize([x for x, tc in zip(correct, test_cat) if tc == c]) for c in CATEGORIES}
+        acquired = summarize([float(after.get(k) == "HighlyKnown") for k in sorted(base_train)])
         rows[cond] = {**knowledge_metrics(base_train, after), "acquired_share": acquired,
-                      "transitions": transition_summary(matrix),
-                      "matrix": matrix, "test_accuracy": _summary(correct), "test_accuracy_by_base_category": by_cat,
+                      "retention": retention[cond]["retention"], "transitions": transition_summary(matrix),
+                      "matrix": matrix, "test_accuracy": summarize(correct), "test_accuracy_by_base_category": by_cat,
                       "trained_facts": res["facts"], "best_step": res["best_step"], "dev_em": res["dev_em"]}
     if "one_stage_all" in rows:
         for row in rows.values():
@@ -232,8 +244,3 @@ def build_report(base_cat: dict[str, str], results: dict[str, dict], noise: dict
     return {"base_counts": study.done["probe_base"]["counts"], "conditions": rows, "noise_matrix": noise,
             "noise_summary": transition_summary(noise) if noise else None}
 
-
-def _summary(values: list[float]) -> dict[str, float]:
-    """The mean with a bootstrap 95% CI over facts; n = 0 and nan for no fact."""
-    return summarize(values) if values else {"value": float("nan"), "ci_low": float("nan"),
-                                             "ci_high": float("nan"), "n": 0}
