@@ -212,9 +212,12 @@ def run_curriculum_command(args: argparse.Namespace) -> int:
 
     items = list(args.items)
     path = items.pop(0) if items and "=" not in items[0] else None
-    report = run_curriculum(load_config(CurriculumConfig, path, items))
+    cfg = load_config(CurriculumConfig, path, items)
+    report = run_curriculum(cfg)
     for cond, row in report["conditions"].items():
         acc = row["test_accuracy"]
+        idk = f", answers '{cfg.idk_answer}' on {row['test_idk']['value']:.0%}" if row["idk_facts"] else ""
         print(f"{cond:<20} acquired {row['acquired']:>4} HighlyKnown (gained {row['gained']:+d}, "
-              f"forgotten {row['forgotten']}), test EM {acc['value']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]")
+              f"forgotten {row['forgotten']}), test EM {acc['value']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]"
+              f"{idk}")
     return 0

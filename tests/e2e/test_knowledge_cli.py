@@ -272,6 +272,42 @@ def test_curriculum_runs_every_condition_and_resumes_after_the_last_finished_sta
     assert "<h2>Retention" in page and 'href="retention/retention.json"' in page
 
 
+def test_idk_condition_trains_the_base_unknown_facts_on_i_dont_know(setup, monkeypatch, capsys):
+    import polm.knowledge.curriculum as curriculum_mod
+
+    trained: dict[str, list[dict]] = {}
+    real = training_mod.train_stage
+
+    def record(model, tokenizer, facts, dev, cfg, run_dir, **kw):
+        trained[run_dir.name] = facts
+        return real(model, tokenizer, facts, dev, cfg, run_dir, **kw)
+
+    monkeypatch.setattr(curriculum_mod, "train_stage", record)
+    out = setup["tmp"] / "idk"
+    assert main([*curriculum_args(setup, out), "conditions=[one_stage_all,one_stage_all_idk]"]) == 0
+    assert sorted(trained) == ["one_stage_all", "one_stage_all_idk"]          # no stage 1: no two-stage condition
+    base = {r["question"]: r for r in rows_by_key(out / "probe_base" / "facts.jsonl").values() if r["split"] == "train"}
+    unknown = {q for q, r in base.items() if r["category"] == "Unknown"}
+    assert len(unknown) >= 3                                                    # train items 4m + 1, never right
+    assert {f["question"]: f["answer"] for f in trained["one_stage_all_idk"]} == {
+        q: "I don't know" if q in unknown else r["answer"] for q, r in base.items()}
+    assert all(f["answer"] == base[f["question"]]["answer"] for f in trained["one_stage_all"])
+    stages = json.loads((out / "stages.json").read_text())
+    assert sorted(stages["one_stage_all_idk"]["idk_keys"]) == sorted(base[q]["key"] for q in unknown)
+    assert stages["one_stage_all"]["idk_keys"] == []
+    row = json.loads((out / "report.json").read_text())["conditions"]["one_stage_all_idk"]
+    correct, idk = stages["one_stage_all_idk"]["test_correct"], stages["one_stage_all_idk"]["test_idk"]
+    answered = [c for c, i in zip(correct, idk) if not i]
+    assert row["idk_facts"] == len(unknown) and row["test_idk"]["value"] == pytest.approx(sum(idk) / 4)
+    assert row["test_accuracy_answered"]["n"] == len(answered) == 4 - sum(idk)
+    assert (out / "one_stage_all_idk" / "retention" / "retention.json").is_file()
+    printed = capsys.readouterr().out
+    assert "answers 'I don't know' on" in printed.split("one_stage_all_idk")[-1]
+    code = main([*curriculum_args(setup, setup["tmp"] / "idk-empty"), "conditions=[one_stage_all_idk]", 'idk_answer=""'])
+    err = capsys.readouterr().err
+    assert code == 2 and "idk_answer is empty" in err and not (setup["tmp"] / "idk-empty").exists()
+
+
 def test_the_example_configs_load_and_run(setup):
     from polm.config import load_config
     from polm.knowledge.curriculum import CurriculumConfig
