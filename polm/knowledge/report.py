@@ -115,10 +115,14 @@ def plot_retention(report: dict[str, Any], path: Path) -> Path:
     bars.legend(fontsize=8)
     grid = [[report["matrix"][a][b] for b in CATEGORIES] for a in CATEGORIES]
     heat.imshow(grid, cmap="Blues")
+    dark = max(max(row) for row in grid) / 2            # white text on the darker cells
     for i, row in enumerate(grid):
         for j, n in enumerate(row):
-            lost_cell = i == 0 and j > 0 and n > 0      # HighlyKnown -> lower, in red
-            heat.text(j, i, str(n), ha="center", va="center", color="#c92a2a" if lost_cell else "#222")
+            if i == 0 and j > 0 and n > 0:             # HighlyKnown -> lower: red on a white box
+                heat.text(j, i, str(n), ha="center", va="center", color="#c92a2a", fontweight="bold",
+                          bbox={"facecolor": "white", "edgecolor": "#c92a2a"})
+            else:
+                heat.text(j, i, str(n), ha="center", va="center", color="white" if n > dark else "#222")
     heat.set_xticks(list(xs), CATEGORIES, fontsize=8)
     heat.set_yticks(list(xs), CATEGORIES, fontsize=8)
     lost, known = report["highly_known_lost"], report["highly_known_before"]
