@@ -2,7 +2,9 @@
 eval curves, metric bars with 95% CIs per model, per-category breakdowns and paired differences.
 
 It reads what polm writes: `metrics.jsonl` of a training run, `results.json` of `polm eval --out`,
-and per-task entries under `eval/` (from `polm.eval.runner.evaluate(out_dir=run_dir / "eval")`).
+per-task entries under `eval/` (from `polm.eval.runner.evaluate(out_dir=run_dir / "eval")`), and the
+retention of the facts the model knew before training, `retention/retention.json` (from `polm knowledge
+retention`, or a knowledge-curriculum condition).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class RunData:
     entries: list[dict] = field(default_factory=list)           # eval entries (one model × task each)
     comparisons: list[dict] = field(default_factory=list)       # paired differences from polm eval
     judgements: list[dict] = field(default_factory=list)        # LLM-judge win rates from polm eval
+    retention: Path | None = None                               # retention.json of polm knowledge retention
 
 
 def read_run(path: Path) -> RunData:
@@ -49,9 +52,12 @@ def read_run(path: Path) -> RunData:
     if not run.entries:
         run.entries = [e for e in map(_read_json, sorted((path / "eval").glob("*.json")))
                        if isinstance(e, dict) and "metrics" in e and "task" in e]
-    if not run.metrics and not run.entries and not run.judgements:
-        raise PolmError(f"'{path}' holds neither metrics.jsonl nor evaluation results",
-                        fix="Point at a training run directory or a `polm eval --out` directory.")
+    found = [p for p in (path / "retention" / "retention.json", path / "retention.json") if p.is_file()]
+    run.retention = found[0] if found else None
+    if not run.metrics and not run.entries and not run.judgements and run.retention is None:
+        raise PolmError(f"'{path}' holds neither metrics.jsonl, evaluation results nor retention/retention.json",
+                        fix="Point at a training run directory, a `polm eval --out` directory or a run with a "
+                            "`polm knowledge retention` result.")
     return run
 
 
@@ -150,6 +156,7 @@ def build_report(run_dirs: list[Path], out: Path) -> Path:
     body = [f"<h1>polm report</h1><p>Runs: {', '.join(_code(str(r.path)) for r in runs)}</p>"]
     for run in runs:
         body.append(_training_section(run, out))
+        body.append(_retention_section(run.retention, out) if run.retention else "")
     entries = [e for run in runs for e in run.entries]
     if entries:
         body.append(_eval_section(entries, out))
@@ -180,6 +187,23 @@ def _training_section(run: RunData, out: Path) -> str:
     facts = ", ".join(f"{k} = {v:.4g}" for k, v in last.items() if isinstance(v, float))
     return (f"<h2>Training — {_code(str(run.path))}</h2><p>Last logged step {last.get('step')}: {facts}</p>"
             + "".join(_img(p, out) for p in images))
+
+
+def _retention_section(path: Path, out: Path) -> str:
+    """The numbers of retention.json, links to it and to its PNG, and the PNG itself."""
+    r = _read_json(path)
+    ret, lower = r["retention"], r["matrix"]["HighlyKnown"]
+    rows = [[r["before"], r["after"], str(r["facts"]), str(r["highly_known_before"]), str(r["highly_known_lost"]),
+             f"{lower['MaybeKnown']} / {lower['WeaklyKnown']} / {lower['Unknown']}", f"{ret['value']:.4g}",
+             f"[{ret['ci_low']:.4g}, {ret['ci_high']:.4g}]", str(ret["n"])]]
+    table = _table(["before", "after", "facts", "HighlyKnown before", "HighlyKnown -> lower",
+                    "-> MaybeKnown / WeaklyKnown / Unknown", "retention", "95% CI", "n"], rows)
+    png = path.parent / r["plot"]
+    links = " · ".join(_link(p, out) for p in (path, png) if p.is_file())
+    note = (f"<p>Retention = {html.escape(r['retention_metric'])} (the greedy exact-match accuracy over the "
+            f"probe's k-shot prompts), bootstrap 95% CI over those facts. Files: {links}</p>")
+    return (f"<h2>Retention — {_code(str(path.parent))}</h2>" + note + table
+            + (_img(png, out) if png.is_file() else ""))
 
 
 def _eval_section(entries: list[dict], out: Path) -> str:
@@ -226,6 +250,11 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def _img(path: Path, out: Path) -> str:
     rel = os.path.relpath(path, out)
     return f'<figure><img src="{html.escape(rel)}" alt="{html.escape(path.stem)}"></figure>'
+
+
+def _link(path: Path, out: Path) -> str:
+    rel = os.path.relpath(path, out)
+    return f'<a href="{html.escape(rel)}">{html.escape(rel)}</a>'
 
 
 def _code(text: str) -> str:

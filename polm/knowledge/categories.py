@@ -65,6 +65,15 @@ def knowledge_metrics(before: Mapping[str, str], after: Mapping[str, str]) -> di
             "forgotten": len(hk_before - hk_after)}
 
 
+def retained_accuracy(before: Mapping[str, str], after_p_greedy: Mapping[str, float]) -> list[float]:
+    """Per fact HighlyKnown in the first probe (and present in the second), in key order: its P(T=0) in the
+    second. Their mean is the retention: the greedy exact-match accuracy after, over the probe's k-shot
+    prompts, on the facts known before (1 = all still answered on every prompt; a fact that falls to
+    MaybeKnown with 7 of 10 prompts right counts 0.7, one that falls to WeaklyKnown or Unknown counts 0)."""
+    keys = sorted(before.keys() & after_p_greedy.keys())
+    return [float(after_p_greedy[k]) for k in keys if before[k] == "HighlyKnown"]
+
+
 def relative_gain(acquired: float, baseline_acquired: float) -> float:
     """(acquired - baseline) / baseline: the seed paper's 'more knowledge' figure (+24% for two-stage
     over one-stage); nan when the baseline acquired nothing."""

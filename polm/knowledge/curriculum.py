@@ -9,7 +9,9 @@ on the SliCK categories of Gekhman et al. 2024), with its one-stage baselines in
 4. stage 2, from stage 1's adapter at a lower lr: MaybeKnown ∪ facts upgraded from WeaklyKnown/Unknown
    ∪ a replay fraction of the HighlyKnown ones (and the same without replay, a baseline);
 5. one-stage baselines from the base model with the two stages' step budget: all train facts, MaybeKnown;
-6. per condition: the final probe of the train facts and zero-shot test accuracy; then report.json.
+   and, when asked for, all train facts with the Unknown ones answered "I don't know" (Gekhman et al. 2024);
+6. per condition: the final probe of the train facts, its retention of the base's HighlyKnown facts, and
+   zero-shot test accuracy (and how often it answers "I don't know"); then report.json.
 Each finished stage is recorded in stages.json, and a rerun continues after the last one.
 """
 
@@ -35,16 +37,17 @@ from polm.knowledge.categories import (
     transition_matrix,
     transition_summary,
 )
-from polm.knowledge.facts import check_disjoint, fact_key, load_facts, split_of
+from polm.knowledge.facts import check_disjoint, fact_key, is_correct, load_facts, split_of
 from polm.knowledge.probe import ProbeConfig, cached_probe, read_results
-from polm.knowledge.report import write_probe
-from polm.knowledge.training import train_stage, zero_shot_correct
+from polm.knowledge.report import retention_report, write_probe, write_retention
+from polm.knowledge.training import train_stage, zero_shot_answers
 from polm.models import LoraConfig, ModelConfig, attach_adapter, load_model, load_tokenizer
 from polm.rundir import check_output_dir, first_config_difference, run_directory
 from polm.train.config import TrainConfig
 from polm.train.loop import seed_everything
 
-CONDITIONS = ("two_stage", "two_stage_no_replay", "one_stage_all", "one_stage_maybe")
+CONDITIONS = ("two_stage", "two_stage_no_replay", "one_stage_all", "one_stage_maybe", "one_stage_all_idk")
+DEFAULT_CONDITIONS = CONDITIONS[:4]   # one_stage_all_idk runs only when `conditions` names it
 STAGES_FILE = "stages.json"
 
 
@@ -61,7 +64,8 @@ class CurriculumConfig:
     stage1: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, max_steps=100, eval_every=20))
     stage2: TrainConfig = field(default_factory=lambda: TrainConfig(lr=3e-5, max_steps=100, eval_every=20))
     replay_fraction: float = 0.5       # of the base's HighlyKnown train facts, drawn with `seed`
-    conditions: list[str] = field(default_factory=lambda: list(CONDITIONS))
+    conditions: list[str] = field(default_factory=lambda: list(DEFAULT_CONDITIONS))
+    idk_answer: str = "I don't know"   # one_stage_all_idk: the answer its base-Unknown train facts are trained on
     max_length: int = 128
     seed: int = 0
     overwrite: bool = False
@@ -74,6 +78,9 @@ class CurriculumConfig:
             raise PolmError(f"exemplar_split is {self.exemplar_split}: k-shot exemplars come from dev or probe "
                             "facts, never from the probed train facts or the test facts",
                             fix="Use exemplar_split: dev (or probe).")
+        if "one_stage_all_idk" in self.conditions and not self.idk_answer.strip():
+            raise PolmError("idk_answer is empty, and one_stage_all_idk trains its Unknown facts on it",
+                            fix="Set idk_answer: I don't know (or drop one_stage_all_idk from conditions).")
         if not 0 <= self.replay_fraction <= 1:
             raise PolmError(f"replay_fraction must be in [0, 1], got {self.replay_fraction}")
         for name in ("stage1", "stage2"):
@@ -162,11 +169,11 @@ def _run_stages(study: Study, facts: dict[str, list[dict]], tokenizer) -> dict[s
     by_key = {fact_key(f): f for f in facts["train"]}
     in_category = {c: [by_key[k] for k, r in train_keys.items() if r["category"] == c] for c in CATEGORIES}
 
-    def fresh_stage(records: list[dict], train_cfg: TrainConfig):
+    def fresh_stage(records: list[dict], train_cfg: TrainConfig, idk: frozenset[str] = frozenset()):
         def run(d: Path) -> dict:
             seed_everything(train_cfg.seed)
             model = attach_adapter(load_model(cfg.model), cfg.lora)
-            return _train_and_eval(d, model, tokenizer, records, facts, pool, train_cfg, cfg)
+            return _train_and_eval(d, model, tokenizer, records, facts, pool, train_cfg, cfg, idk)
         return run
 
     def continued_stage(records_fn, train_cfg: TrainConfig):
@@ -192,26 +199,46 @@ def _run_stages(study: Study, facts: dict[str, list[dict]], tokenizer) -> dict[s
     runs = {"two_stage": lambda: continued_stage(lambda: stage2_facts(True), cfg.stage2),
             "two_stage_no_replay": lambda: continued_stage(lambda: stage2_facts(False), cfg.stage2),
             "one_stage_all": lambda: fresh_stage(facts["train"], budget),
-            "one_stage_maybe": lambda: fresh_stage(maybe, budget)}
+            "one_stage_maybe": lambda: fresh_stage(maybe, budget),
+            "one_stage_all_idk": lambda: fresh_stage(facts["train"], budget,
+                                                     frozenset(fact_key(f) for f in in_category["Unknown"]))}
     results = {c: study.stage(c, runs[c]()) for c in cfg.conditions}
-    return build_report(base_cat, results, noise, study, facts)
+    retention = {c: _write_retention(study.dir / c / "retention", probe_base, res, cfg) for c, res in results.items()}
+    return build_report(base_cat, results, noise, study, facts, retention)
+
+
+def _write_retention(out: Path, probe_base: dict, res: dict, cfg: CurriculumConfig) -> dict[str, Any]:
+    """A condition's retention/ (what `polm knowledge retention` writes) from the probes the study already
+    holds of the train facts, the base's and the condition's final one: nothing is probed again."""
+    base_train = [r for r in read_results(probe_base["dir"]) if r["split"] == "train"]
+    meta = {"before": cfg.model.name, "after": res["final_dir"], "before_probe": probe_base["dir"],
+            "after_probe": res["probe"]["dir"], "data": cfg.data, "splits": ["train"],
+            "max_facts": cfg.max_facts.get("train", 0), "settings": cfg.probe.measured()}
+    return write_retention(out, retention_report(base_train, read_results(res["probe"]["dir"]), meta))
 
 
 def _train_and_eval(d: Path, model, tokenizer, records: list[dict], facts: dict[str, list[dict]],
-                    pool: list[dict], train_cfg: TrainConfig, cfg: CurriculumConfig) -> dict[str, Any]:
-    """Train one stage, then probe its model on the train facts and score it on the test facts."""
-    out = train_stage(model, tokenizer, records, facts["dev"], train_cfg, d, max_length=cfg.max_length,
+                    pool: list[dict], train_cfg: TrainConfig, cfg: CurriculumConfig,
+                    idk: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Train one stage (the facts keyed in `idk` with the answer `cfg.idk_answer`), then probe its model on
+    the train facts (against their true answers) and score it on the test facts."""
+    relabelled = [{**f, "answer": cfg.idk_answer, "aliases": []} if fact_key(f) in idk else f for f in records]
+    out = train_stage(model, tokenizer, relabelled, facts["dev"], train_cfg, d, max_length=cfg.max_length,
                       lineage={"model": cfg.model.name, "data": cfg.data})
     out["trained_keys"] = [fact_key(f) for f in records]
+    out["idk_keys"] = [k for k in out["trained_keys"] if k in idk]
     out["probe"] = _probe_to(d / "probe", out["final_dir"], facts["train"], pool, cfg.probe, model, tokenizer)
-    out["test_correct"] = zero_shot_correct(model, tokenizer, facts["test"], max_new_tokens=cfg.probe.max_new_tokens)
+    answers = zero_shot_answers(model, tokenizer, facts["test"], max_new_tokens=cfg.probe.max_new_tokens)
+    out["test_correct"] = [float(is_correct(a, f)) for a, f in zip(answers, facts["test"])]
+    out["test_idk"] = [float(is_correct(a, {"answer": cfg.idk_answer})) for a in answers]
     return out
 
 
 def build_report(base_cat: dict[str, str], results: dict[str, dict], noise: dict | None, study: Study,
-                 facts: dict[str, list[dict]]) -> dict[str, Any]:
+                 facts: dict[str, list[dict]], retention: dict[str, dict]) -> dict[str, Any]:
     """One row per condition: knowledge metrics on the train facts (vs the base probe), the transition
-    matrix, test accuracy overall and by the test facts' base category (each with a bootstrap CI)."""
+    matrix, the retention, test accuracy overall and by the test facts' base category (each with a
+    bootstrap CI)."""
     train_keys = {fact_key(f) for f in facts["train"]}
     base_train = {k: v for k, v in base_cat.items() if k in train_keys}
     test_cat = [base_cat.get(fact_key(f)) for f in facts["test"]]
@@ -219,21 +246,18 @@ def build_report(base_cat: dict[str, str], results: dict[str, dict], noise: dict
     for cond, res in results.items():
         after = _categories(res["probe"])
         matrix = transition_matrix(base_train, after)
-        correct = res["test_correct"]
-        by_cat = {c: _summary([x for x, tc in zip(correct, test_cat) if tc == c]) for c in CATEGORIES}
-        acquired = _summary([float(after.get(k) == "HighlyKnown") for k in sorted(base_train)])
+        correct, idk = res["test_correct"], res["test_idk"]
+        by_cat = {c: summarize([x for x, tc in zip(correct, test_cat) if tc == c]) for c in CATEGORIES}
+        acquired = summarize([float(after.get(k) == "HighlyKnown") for k in sorted(base_train)])
         rows[cond] = {**knowledge_metrics(base_train, after), "acquired_share": acquired,
-                      "transitions": transition_summary(matrix),
-                      "matrix": matrix, "test_accuracy": _summary(correct), "test_accuracy_by_base_category": by_cat,
-                      "trained_facts": res["facts"], "best_step": res["best_step"], "dev_em": res["dev_em"]}
+                      "retention": retention[cond]["retention"], "transitions": transition_summary(matrix),
+                      "matrix": matrix, "test_accuracy": summarize(correct), "test_accuracy_by_base_category": by_cat,
+                      "test_idk": summarize(idk),
+                      "test_accuracy_answered": summarize([c for c, i in zip(correct, idk) if not i]),
+                      "trained_facts": res["facts"], "idk_facts": len(res["idk_keys"]), "best_step": res["best_step"], "dev_em": res["dev_em"]}
     if "one_stage_all" in rows:
         for row in rows.values():
             row["relative_gain_vs_one_stage_all"] = relative_gain(row["acquired"], rows["one_stage_all"]["acquired"])
     return {"base_counts": study.done["probe_base"]["counts"], "conditions": rows, "noise_matrix": noise,
             "noise_summary": transition_summary(noise) if noise else None}
 
-
-def _summary(values: list[float]) -> dict[str, float]:
-    """The mean with a bootstrap 95% CI over facts; n = 0 and nan for no fact."""
-    return summarize(values) if values else {"value": float("nan"), "ci_low": float("nan"),
-                                             "ci_high": float("nan"), "n": 0}

@@ -25,15 +25,21 @@ from polm.train.config import TrainConfig
 from polm.train.loop import StepOutput, train
 
 
-def zero_shot_correct(model, tokenizer, facts: list[dict], *, max_new_tokens: int = 16,
-                      batch: int = 32) -> list[float]:
-    """Per fact, 1.0 when the greedy answer to 'Q: q\\nA:' matches (normalised EM), else 0.0."""
+def zero_shot_answers(model, tokenizer, facts: list[dict], *, max_new_tokens: int = 16, batch: int = 32) -> list[str]:
+    """Per fact, the greedy answer to 'Q: q\\nA:' (up to the first newline, stripped)."""
     if not facts:
         return []
     gen = build_generator("hf", model, tokenizer, prompts_per_batch=batch)
     greedy = SamplingConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens, stop=["\n"])
     texts = generate_text(gen, tokenizer, [qa_prompt(str(f["question"])) for f in facts], greedy, seed=0, chat=False)
-    return [float(is_correct(answer_text(t[0]), f)) for t, f in zip(texts, facts)]
+    return [answer_text(t[0]) for t in texts]
+
+
+def zero_shot_correct(model, tokenizer, facts: list[dict], *, max_new_tokens: int = 16,
+                      batch: int = 32) -> list[float]:
+    """Per fact, 1.0 when the greedy answer to 'Q: q\\nA:' matches (normalised EM), else 0.0."""
+    answers = zero_shot_answers(model, tokenizer, facts, max_new_tokens=max_new_tokens, batch=batch)
+    return [float(is_correct(a, f)) for a, f in zip(answers, facts)]
 
 
 @dataclass

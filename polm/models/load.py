@@ -114,6 +114,11 @@ def _nf4_kwargs(device: torch.device, dtype: torch.dtype) -> dict:
     return {"quantization_config": quant, "device_map": {"": device.index or 0}}
 
 
+def is_path_ref(ref: str) -> bool:
+    """Whether a model reference spells a filesystem path (/x, ./x, ~/x, a/b/c) rather than a hub id (org/name)."""
+    return ref.startswith(("/", ".", "~")) or ref.count("/") > 1
+
+
 def _hub_guard(ref: str, load):
     """Run a from_pretrained call, turning 'no such model' into one sentence."""
     try:
@@ -123,7 +128,7 @@ def _hub_guard(ref: str, load):
             raise PolmError(f"'{ref}' exists but is not a loadable model directory ({_first_line(err)})",
                             fix="Point to a directory with config.json and safetensors weights.") from None
         fix = "Use an embedded name (see `polm assets list`), a local model directory, or a reachable hub id."
-        if ref.startswith(("/", ".", "~")) or ref.count("/") > 1:
+        if is_path_ref(ref):
             raise PolmError(f"model '{ref}' is not a local directory (no such path) and not an embedded model",
                             fix=fix) from None
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"

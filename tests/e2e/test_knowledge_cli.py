@@ -36,15 +36,22 @@ def fake_correct(prediction: str, fact: dict) -> bool:
 
 
 @pytest.fixture()
-def setup(tmp_path: Path, tiny_tokenizer, monkeypatch) -> dict:
+def workspace(tmp_path: Path, tiny_tokenizer, monkeypatch) -> dict:
+    """A tiny model directory and the fact set, in a fresh working directory (and so a fresh probe cache)."""
     model_dir = tmp_path / "model"
     build_tiny_llama(len(tiny_tokenizer), initializer_range=0.5).save_pretrained(model_dir)
     tiny_tokenizer.save_pretrained(model_dir)
     data = tmp_path / "facts.jsonl"
     data.write_text("".join(json.dumps(f) + "\n" for f in facts()))
-    monkeypatch.setattr(probe_mod, "is_correct", fake_correct)
     monkeypatch.chdir(tmp_path)
     return {"model": str(model_dir), "data": str(data), "tmp": tmp_path}
+
+
+@pytest.fixture()
+def setup(workspace: dict, monkeypatch) -> dict:
+    """The workspace with `fake_correct` deciding correctness: every category occurs."""
+    monkeypatch.setattr(probe_mod, "is_correct", fake_correct)
+    return workspace
 
 
 PROBE = ["probe.n_prompts=3", "probe.k_shot=1", "probe.n_samples=4", "probe.max_new_tokens=4"]
@@ -103,6 +110,104 @@ def test_probe_refuses_overlapping_dev_and_test(setup, capsys):
     assert "the dev and test splits overlap" in capsys.readouterr().err
 
 
+RETENTION_PROBE = ["probe.n_prompts=2", "probe.k_shot=1", "probe.n_samples=2", "probe.max_new_tokens=4"]
+
+
+def rows_by_key(path: Path) -> dict[str, dict]:
+    return {r["key"]: r for r in map(json.loads, path.read_text().splitlines())}
+
+
+@pytest.fixture()
+def known(workspace: dict) -> dict:
+    """Facts the tiny model really knows (real exact match): each even train item gets the model's own two
+    greedy answers as aliases, so both its prompts answer correctly (HighlyKnown; aliases change neither the
+    prompts nor the seeds); the odd items keep only their gold answer, which it never says."""
+    tmp = workspace["tmp"]
+    assert main(["knowledge", "probe", "--model", workspace["model"], "--data", workspace["data"], *RETENTION_PROBE,
+                 "--out", str(tmp / "plain")]) == 0
+    said = {r["question"]: r["greedy_answers"] for r in rows_by_key(tmp / "plain" / "facts.jsonl").values()}
+    rows = [{**f, "aliases": said[f["question"]]} if f["split"] == "train" and int(f["doc_id"][6:]) % 2 == 0 else f
+            for f in facts()]
+    data = tmp / "known.jsonl"
+    data.write_text("".join(json.dumps(f) + "\n" for f in rows))
+    return {**workspace, "data": str(data)}
+
+
+def retention_args(setup: dict, before: str, after: str, *extra: str) -> list[str]:
+    return ["knowledge", "retention", "--before", before, "--after", after, "--data", setup["data"],
+            *RETENTION_PROBE, *extra]
+
+
+def test_retention_of_a_checkpoint_against_itself_loses_nothing(known, capsys):
+    out = known["tmp"] / "self"
+    assert main(retention_args(known, known["model"], known["model"], "--out", str(out))) == 0
+    r = json.loads((out / "retention.json").read_text())
+    counts = {"HighlyKnown": 6, "MaybeKnown": 0, "WeaklyKnown": 0, "Unknown": 6}   # 6 even train items known
+    assert r["facts"] == 12 and r["counts_before"] == r["counts_after"] == counts
+    assert r["highly_known_before"] == r["highly_known_kept"] == 6 and r["highly_known_lost"] == 0
+    assert r["retention"] == {"value": 1.0, "ci_low": 1.0, "ci_high": 1.0, "n": 6}
+    assert r["transitions"]["agreement"] == 1.0 and r["matrix"]["HighlyKnown"]["HighlyKnown"] == 6
+    assert r["cache_hit"] == {"before": False, "after": True}       # the second probe is the first one, cached
+    assert rows_by_key(out / "before" / "facts.jsonl") == rows_by_key(out / "after" / "facts.jsonl")
+    assert (out / "retention.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "retention 1.000 [1.000, 1.000]" in printed and "HighlyKnown -> lower 0" in printed
+
+
+def test_retention_after_training_on_other_answers_loses_known_facts_and_shows_in_the_report(known):
+    from polm.knowledge.facts import load_facts
+    from polm.knowledge.training import train_stage
+    from polm.models import ModelConfig, load_model, load_tokenizer
+    from polm.train.config import TrainConfig
+
+    rows = load_facts(known["data"])
+    other = [{**f, "answer": "hello world", "aliases": []} for f in rows if f["split"] == "train"]
+    run = known["tmp"] / "sft"
+    cfg = TrainConfig(lr=1e-3, max_steps=4, micro_batch_size=4, save_every=0, progress=False, tensorboard=False)
+    train_stage(load_model(ModelConfig(name=known["model"]), trainable=True), load_tokenizer(known["model"]), other,
+                [f for f in rows if f["split"] == "dev"], cfg, run, max_length=64)
+    assert main(retention_args(known, known["model"], str(run / "final"))) == 0    # no --out: the run's retention/
+    r = json.loads((run / "retention" / "retention.json").read_text())
+    before = rows_by_key(run / "retention" / "before" / "facts.jsonl")
+    after = rows_by_key(run / "retention" / "after" / "facts.jsonl")
+    known_keys = [k for k, row in before.items() if row["category"] == "HighlyKnown"]
+    assert len(known_keys) == r["highly_known_before"] == 6
+    now = [after[k]["category"] for k in known_keys]
+    kept, maybe, lost = now.count("HighlyKnown"), now.count("MaybeKnown"), 6 - now.count("HighlyKnown")
+    assert 0 < lost < 6 and r["highly_known_lost"] == lost and r["highly_known_kept"] == kept
+    assert r["matrix"]["HighlyKnown"] == {c: now.count(c) for c in ("HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown")}
+    # a kept fact scores 1, a MaybeKnown one 1/2 (one of its two prompts right), a WeaklyKnown/Unknown one 0
+    assert r["retention"]["value"] == pytest.approx((kept + maybe / 2) / 6) and r["retention"]["n"] == 6
+    assert r["retention"]["ci_low"] < r["retention"]["value"] < r["retention"]["ci_high"]
+    assert r["after"] == str(run / "final") and r["cache_hit"] == {"before": False, "after": False}
+
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    assert "<h2>Training" in page and "<h2>Retention" in page
+    assert f"<td>{r['retention']['value']:.4g}</td>" in page and f"<td>{lost}</td>" in page
+    assert 'href="retention/retention.json"' in page and 'href="retention/retention.png"' in page
+    assert 'img src="retention/retention.png"' in page
+
+
+def test_retention_bad_input_is_one_message(known, capsys):
+    tmp, model = known["tmp"], known["model"]
+    (tmp / "run" / "final").mkdir(parents=True)
+    cases = [
+        (retention_args(known, model, str(tmp / "nope"), "--out", "x"), f"--after checkpoint '{tmp / 'nope'}' does not exist"),
+        (retention_args(known, str(tmp / "run"), model, "--out", "x"),
+         f"is a directory without a model (no config.json or adapter_config.json); its checkpoint is {tmp / 'run' / 'final'}"),
+        (retention_args(known, model, model), f"--after '{model}' is not a run's final/ checkpoint"),
+        (["knowledge", "retention", "--before", model, "--data", known["data"]], "no --after checkpoint"),
+        (retention_args({**known, "data": str(tmp / "facts.jsonl")}, model, model, "--out", "x"),
+         "knows none of the 12 probed facts well (HighlyKnown 0, MaybeKnown 0, WeaklyKnown 0, Unknown 12)"),
+    ]
+    for args, message in cases:
+        code = main(args)
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp / "x").exists()
+
+
 def curriculum_args(setup, out: Path) -> list[str]:
     steps = ["max_steps=4", "eval_every=2", "micro_batch_size=4", "progress=false", "tensorboard=false",
              "save_every=0", "warmup_steps=0"]
@@ -151,9 +256,56 @@ def test_curriculum_runs_every_condition_and_resumes_after_the_last_finished_sta
                  map(json.loads, (out / cond / "probe" / "facts.jsonl").read_text().splitlines())}
         assert row["acquired"] == sum(c == "HighlyKnown" for c in after.values())
         assert row["forgotten"] == sum(train_base[k] == "HighlyKnown" != after[k] for k in after)
+        # its retention/ holds what `polm knowledge retention` writes, from the study's own two probes
+        ret = json.loads((out / cond / "retention" / "retention.json").read_text())
+        p_after = {k: r["p_greedy"] for k, r in rows_by_key(out / cond / "probe" / "facts.jsonl").items()}
+        scores = [p_after[k] for k in highly]
+        assert ret["highly_known_before"] == len(highly) and ret["highly_known_lost"] == row["forgotten"]
+        assert ret["retention"]["value"] == pytest.approx(sum(scores) / len(scores)) and ret["retention"] == row["retention"]
+        assert ret["before_probe"] == str(out / "probe_base") and ret["after_probe"] == str(out / cond / "probe")
+        assert (out / cond / "retention" / "retention.png").is_file()
     assert report["noise_summary"]["facts"] == 12
     assert json.loads((out / "run.json").read_text())["status"] == "completed"
     assert "two_stage" in capsys.readouterr().out
+    assert main(["report", str(out / "one_stage_all")]) == 0      # a condition's run report shows its retention
+    page = (out / "one_stage_all" / "report.html").read_text()
+    assert "<h2>Retention" in page and 'href="retention/retention.json"' in page
+
+
+def test_idk_condition_trains_the_base_unknown_facts_on_i_dont_know(setup, monkeypatch, capsys):
+    import polm.knowledge.curriculum as curriculum_mod
+
+    trained: dict[str, list[dict]] = {}
+    real = training_mod.train_stage
+
+    def record(model, tokenizer, facts, dev, cfg, run_dir, **kw):
+        trained[run_dir.name] = facts
+        return real(model, tokenizer, facts, dev, cfg, run_dir, **kw)
+
+    monkeypatch.setattr(curriculum_mod, "train_stage", record)
+    out = setup["tmp"] / "idk"
+    assert main([*curriculum_args(setup, out), "conditions=[one_stage_all,one_stage_all_idk]"]) == 0
+    assert sorted(trained) == ["one_stage_all", "one_stage_all_idk"]          # no stage 1: no two-stage condition
+    base = {r["question"]: r for r in rows_by_key(out / "probe_base" / "facts.jsonl").values() if r["split"] == "train"}
+    unknown = {q for q, r in base.items() if r["category"] == "Unknown"}
+    assert len(unknown) >= 3                                                    # train items 4m + 1, never right
+    assert {f["question"]: f["answer"] for f in trained["one_stage_all_idk"]} == {
+        q: "I don't know" if q in unknown else r["answer"] for q, r in base.items()}
+    assert all(f["answer"] == base[f["question"]]["answer"] for f in trained["one_stage_all"])
+    stages = json.loads((out / "stages.json").read_text())
+    assert sorted(stages["one_stage_all_idk"]["idk_keys"]) == sorted(base[q]["key"] for q in unknown)
+    assert stages["one_stage_all"]["idk_keys"] == []
+    row = json.loads((out / "report.json").read_text())["conditions"]["one_stage_all_idk"]
+    correct, idk = stages["one_stage_all_idk"]["test_correct"], stages["one_stage_all_idk"]["test_idk"]
+    answered = [c for c, i in zip(correct, idk) if not i]
+    assert row["idk_facts"] == len(unknown) and row["test_idk"]["value"] == pytest.approx(sum(idk) / 4)
+    assert row["test_accuracy_answered"]["n"] == len(answered) == 4 - sum(idk)
+    assert (out / "one_stage_all_idk" / "retention" / "retention.json").is_file()
+    printed = capsys.readouterr().out
+    assert "answers 'I don't know' on" in printed.split("one_stage_all_idk")[-1]
+    code = main([*curriculum_args(setup, setup["tmp"] / "idk-empty"), "conditions=[one_stage_all_idk]", 'idk_answer=""'])
+    err = capsys.readouterr().err
+    assert code == 2 and "idk_answer is empty" in err and not (setup["tmp"] / "idk-empty").exists()
 
 
 def test_the_example_configs_load_and_run(setup):
@@ -168,3 +320,8 @@ def test_the_example_configs_load_and_run(setup):
     assert main(["knowledge", "probe", str(root / "configs/knowledge_probe.yaml"), *PROBE, "--model", setup["model"],
                  "--data", setup["data"], "--out", str(out)]) == 0
     assert json.loads((out / "counts.json").read_text())["settings"]["n_samples"] == 4
+    retention = setup["tmp"] / "retention-from-config"
+    assert main(["knowledge", "retention", str(root / "configs/knowledge_retention.yaml"), *PROBE, "--before",
+                 setup["model"], "--after", setup["model"], "--data", setup["data"], "--out", str(retention)]) == 0
+    report = json.loads((retention / "retention.json").read_text())
+    assert report["max_facts"] == 200 and report["settings"]["early_exit"] and report["highly_known_lost"] == 0

@@ -13,6 +13,7 @@ from polm.knowledge.categories import (
     format_matrix,
     knowledge_metrics,
     relative_gain,
+    retained_accuracy,
     transition_matrix,
     transition_summary,
 )
@@ -68,3 +69,13 @@ def test_knowledge_metrics_and_relative_gain_by_hand():
 
 def test_counts_cover_every_category():
     assert category_counts(["Unknown", "Unknown", "MaybeKnown"]) == dict(zip(CATEGORIES, [0, 1, 0, 2]))
+
+
+def test_retained_accuracy_by_hand():
+    before = {"a": "HighlyKnown", "b": "HighlyKnown", "c": "HighlyKnown", "d": "MaybeKnown",
+              "only-before": "HighlyKnown"}
+    after = {"a": 1.0, "b": 0.7, "c": 0.0, "d": 1.0, "only-after": 1.0}
+    # HighlyKnown before and probed after: a, b, c (in key order); d was not known, only-before not re-probed
+    scores = retained_accuracy(before, after)
+    assert scores == [1.0, 0.7, 0.0] and sum(scores) / 3 == pytest.approx(1.7 / 3)
+    assert retained_accuracy({"d": "MaybeKnown"}, {"d": 1.0}) == []
